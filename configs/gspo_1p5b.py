@@ -1,0 +1,18 @@
+"""GSPO baseline on Qwen2.5-Math-1.5B: sequence-level importance ratio (clip ranges from the GSPO paper)."""
+
+import pathlib
+import sys
+
+if str(pathlib.Path(__file__).resolve().parents[1]) not in sys.path:  # repo root, so config_flags can load this from any cwd
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import base  # noqa: E402
+from configs import capo_1p5b  # noqa: E402
+
+
+def get_config():
+    config = capo_1p5b.get_config()
+    config.algo.name = "gspo"  # sequence-level ratio (geometric mean of token ratios), GRPO advantage
+    config.algo.clip_low = 3e-4  # GSPO clips the sequence ratio much tighter than PPO's 0.2
+    config.algo.clip_high = 4e-4  # GSPO paper's asymmetric range
+    config.algo.loss_agg = "seq-mean-token-mean"  # GSPO averages over sequences
+    return config
