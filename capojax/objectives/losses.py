@@ -1,0 +1,235 @@
+"""PPO-clip policy loss (token- or sequence-level ratio), loss aggregations, KL estimators and entropy.
+
+Every function takes arrays with any leading shape `[...]` and a trailing token axis `T` (e.g. [B,G,T] or the
+trainer's flattened rows [N,T]) and a bool mask of the same shape. Padded positions may hold anything, even
+NaN or inf: inputs are replaced by 0 under the mask *before* any arithmetic, so neither the value nor the
+gradient of a loss ever sees them ("double where").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+RATIO_LEVELS = ("token", "sequence")
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def _check_same_shape(**arrays) -> None:
+    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"these arrays must share one shape [..., T]: {shapes}")
+    if len(next(iter(shapes.values()))) < 1:
+        raise ValueError(f"expected arrays with a token axis [..., T], got shapes {shapes}")
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}.")
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of x over mask=True entries (all axes); 0 when the mask is empty."""
+    mask = jnp.asarray(mask, bool)
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def aggregate(values: jax.Array, mask: jax.Array, agg: str = "token-mean", *, norm_len: int | None = None) -> jax.Array:
+    """Reduce per-token values f32[..., T] under mask bool[..., T] to a scalar.
+
+    token-mean:               sum of all valid tokens / number of valid tokens (DAPO)
+    seq-mean-token-mean:      mean over sequences of each sequence's token mean (GRPO)
+    seq-mean-token-sum:       mean over sequences of each sequence's token sum
+    seq-mean-token-sum-norm:  seq-mean-token-sum / norm_len, norm_len a constant such as the maximum response
+                              length (Dr.GRPO). Required here: defaulting to the padded T would make the loss
+                              depend on the padding bucket.
+    Sequences without any valid token (padding rows) are left out of the sequence mean, so padding never
+    changes the result; an all-padding input gives 0.
+    """
+    _check_choice("agg", agg, AGGREGATIONS)
+    values = jnp.asarray(values, jnp.float32)
+    mask = jnp.asarray(mask, bool)
+    _check_same_shape(values=values, mask=mask)
+    v = jnp.where(mask, values, 0.0)
+    if agg == "token-mean":
+        return jnp.sum(v) / jnp.maximum(jnp.sum(mask), 1)
+    n_tok = jnp.sum(mask, axis=-1)
+    n_seq = jnp.maximum(jnp.sum(n_tok > 0), 1)
+    seq_sum = jnp.sum(v, axis=-1)
+    if agg == "seq-mean-token-mean":
+        return jnp.sum(seq_sum / jnp.maximum(n_tok, 1)) / n_seq
+    if agg == "seq-mean-token-sum":
+        return jnp.sum(seq_sum) / n_seq
+    if norm_len is None:
+        raise ValueError(
+            "agg='seq-mean-token-sum-norm' needs norm_len, the constant Dr.GRPO divides by: pass the maximum "
+            "response length of the run (e.g. the sampler's max_tokens)."
+        )
+    if isinstance(norm_len, (int, float)) and norm_len <= 0:
+        raise ValueError(f"norm_len must be > 0, got {norm_len}.")
+    return jnp.sum(seq_sum) / n_seq / norm_len
+
+
+def sequence_log_ratio(logp: jax.Array, old_logp: jax.Array, mask: jax.Array) -> jax.Array:
+    """GSPO's log s_i = (1/|o_i|) sum_t (logp - old_logp): f32[...] from f32[..., T]; 0 for empty rows."""
+    mask = jnp.asarray(mask, bool)
+    _check_same_shape(logp=logp, old_logp=old_logp, mask=mask)
+    diff = jnp.where(mask, logp, 0.0) - jnp.where(mask, old_logp, 0.0)
+    return jnp.sum(diff, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1)
+
+
+def sequence_ratio(logp: jax.Array, old_logp: jax.Array, mask: jax.Array) -> jax.Array:
+    """GSPO's sequence importance ratio s_i = (pi(o_i) / pi_old(o_i))^(1/|o_i|), f32[...]."""
+    return jnp.exp(sequence_log_ratio(logp, old_logp, mask))
+
+
+def policy_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    ratio_level: str = "token",
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    norm_len: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """PPO-clip surrogate loss (to minimise) and its metrics.
+
+    logp, old_logp f32[..., T] (current and behaviour policy log-probs of the sampled tokens), advantages
+    f32[..., T] (token-level) or f32[...] (broadcast over T), mask bool[..., T].
+
+    ratio_level="token":    r_t = exp(logp_t - old_logp_t)                               (PPO / GRPO)
+    ratio_level="sequence": r_t = s_i = exp(mean_t (logp - old_logp)) for every t of o_i  (GSPO)
+    per-token loss = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)); with dual_clip = c > 1 the loss of
+    negative-advantage tokens is further capped at -A c (dual-clip PPO). Aggregated by `aggregate(agg)`.
+
+    Metrics (token-weighted over valid tokens): pg_loss, clip_frac/low (r < 1-clip_low and A < 0, gradient cut),
+    clip_frac/high (r > 1+clip_high and A > 0), clip_frac (their sum), clip_frac/dual, ratio/mean|max|min,
+    ppo_kl (k1 estimate of KL(pi_old || pi)).
+    """
+    _check_choice("ratio_level", ratio_level, RATIO_LEVELS)
+    mask = jnp.asarray(mask, bool)
+    logp = jnp.asarray(logp, jnp.float32)
+    old_logp = jnp.asarray(old_logp, jnp.float32)
+    advantages = jnp.asarray(advantages, jnp.float32)
+    if advantages.shape == mask.shape[:-1]:
+        advantages = jnp.broadcast_to(advantages[..., None], mask.shape)
+    _check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+    if isinstance(clip_low, (int, float)) and clip_low >= 1:
+        raise ValueError(f"clip_low must be < 1 (the lower bound is 1 - clip_low > 0), got {clip_low}.")
+    if dual_clip is not None and isinstance(dual_clip, (int, float)) and dual_clip <= 1:
+        raise ValueError(f"dual_clip must be > 1 (it caps the loss at -A * dual_clip), got {dual_clip}.")
+
+    # Zero padding before arithmetic: keeps NaN/inf in padded slots out of values and gradients.
+    logp = jnp.where(mask, logp, 0.0)
+    old_logp = jnp.where(mask, old_logp, 0.0)
+    adv = jnp.where(mask, advantages, 0.0)
+    if ratio_level == "token":
+        log_ratio = logp - old_logp
+    else:
+        log_ratio = jnp.broadcast_to(sequence_log_ratio(logp, old_logp, mask)[..., None], mask.shape)
+    log_ratio = jnp.where(mask, log_ratio, 0.0)
+    ratio = jnp.exp(log_ratio)
+
+    unclipped = -adv * ratio
+    clipped = -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = jnp.maximum(unclipped, clipped)
+    dual_active = jnp.zeros(mask.shape, bool)
+    if dual_clip is not None:
+        cap = -adv * dual_clip
+        dual_active = (adv < 0) & (cap < per_token)
+        per_token = jnp.where(adv < 0, jnp.minimum(per_token, cap), per_token)
+    loss = aggregate(per_token, mask, agg, norm_len=norm_len)
+
+    low = (ratio < 1.0 - clip_low) & (adv < 0)
+    high = (ratio > 1.0 + clip_high) & (adv > 0)
+    ratio_sg = jax.lax.stop_gradient(ratio)
+    any_valid = jnp.any(mask)
+    metrics = {
+        "pg_loss": jax.lax.stop_gradient(loss),
+        "clip_frac/low": masked_mean(low.astype(jnp.float32), mask),
+        "clip_frac/high": masked_mean(high.astype(jnp.float32), mask),
+        "clip_frac": masked_mean((low | high).astype(jnp.float32), mask),
+        "clip_frac/dual": masked_mean(dual_active.astype(jnp.float32), mask),
+        "ratio/mean": masked_mean(ratio_sg, mask),
+        "ratio/max": jnp.where(any_valid, jnp.max(jnp.where(mask, ratio_sg, -jnp.inf)), 1.0),
+        "ratio/min": jnp.where(any_valid, jnp.min(jnp.where(mask, ratio_sg, jnp.inf)), 1.0),
+        "ppo_kl": masked_mean(jax.lax.stop_gradient(-log_ratio), mask),
+    }
+    return loss, metrics
+
+
+def kl_per_token(logp: jax.Array, ref_logp: jax.Array, kind: str = "k3") -> jax.Array:
+    """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3), f32[..., T].
+
+    With x = logp - ref_logp = log(pi / pi_ref):  k1 = x (unbiased, can be negative),
+    k2 = x^2 / 2 (biased, low variance), k3 = exp(-x) - 1 + x (unbiased, >= 0; GRPO's "low_var_kl").
+    """
+    _check_choice("kind", kind, KL_KINDS)
+    x = jnp.asarray(logp, jnp.float32) - jnp.asarray(ref_logp, jnp.float32)
+    if kind == "k1":
+        return x
+    if kind == "k2":
+        return 0.5 * x * x
+    return jnp.expm1(-x) + x
+
+
+def kl_penalty(
+    logp: jax.Array,
+    ref_logp: jax.Array,
+    mask: jax.Array,
+    kind: str = "k3",
+    *,
+    agg: str = "token-mean",
+    norm_len: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """KL(pi || pi_ref) penalty aggregated like the policy loss: (scalar, {"kl": token-mean value})."""
+    mask = jnp.asarray(mask, bool)
+    _check_same_shape(logp=logp, ref_logp=ref_logp, mask=mask)
+    kl = kl_per_token(jnp.where(mask, logp, 0.0), jnp.where(mask, ref_logp, 0.0), kind)
+    loss = aggregate(kl, mask, agg, norm_len=norm_len)
+    return loss, {"kl": jax.lax.stop_gradient(masked_mean(kl, mask))}
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+    """Entropy of softmax(logits) over the last axis: f32[..., V] -> f32[...].
+
+    Stable for large logits (log_softmax) and for -inf logits (banned tokens: 0 log 0 counts as 0, and the
+    gradient stays finite because the log is replaced before the product).
+    """
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    p = jnp.exp(logp)
+    safe_logp = jnp.where(p > 0, logp, 0.0)
+    return -jnp.sum(p * safe_logp, axis=-1)
+
+
+def entropy_bonus(
+    entropy: jax.Array, mask: jax.Array, *, agg: str = "token-mean", norm_len: int | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Aggregated token entropy (to be *subtracted* from the loss times a coefficient) and {"entropy": token mean}."""
+    mask = jnp.asarray(mask, bool)
+    value = aggregate(entropy, mask, agg, norm_len=norm_len)
+    return value, {"entropy": jax.lax.stop_gradient(masked_mean(entropy, mask))}
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "KL_KINDS",
+    "RATIO_LEVELS",
+    "aggregate",
+    "entropy_bonus",
+    "entropy_from_logits",
+    "kl_penalty",
+    "kl_per_token",
+    "masked_mean",
+    "policy_loss",
+    "sequence_log_ratio",
+    "sequence_ratio",
+]
