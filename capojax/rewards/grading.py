@@ -305,9 +305,9 @@ def grade_detailed(
     golds = normalize_gold(gold)
     if _in_main_thread():
         return grade_in_process(response, golds, timeout, require_boxed)
-    from capojax.rewards.pool import default_pool
+    from capojax.rewards.pool import shared_pool
 
-    r = default_pool(1).grade([response], [golds], timeout=timeout, require_boxed=require_boxed)
+    r = shared_pool().grade([response], [golds], timeout=timeout, require_boxed=require_boxed)
     return r.correct[0], r.extracted[0], r.timeouts > 0
 
 
@@ -374,9 +374,9 @@ def answers_equivalent(a: str, b: str, *, timeout: float = DEFAULT_TIMEOUT) -> b
     a, b = _check_response(a), _check_response(b)
     if _in_main_thread():
         return equivalent_in_process(a, b, timeout)[0]
-    from capojax.rewards.pool import default_pool
+    from capojax.rewards.pool import shared_pool
 
-    return default_pool(1).equivalent([(a, b)], timeout=timeout)[0]
+    return shared_pool().equivalent([(a, b)], timeout=timeout)[0]
 
 
 def equivalence_classes(answers: Sequence[str | None], *, timeout: float = DEFAULT_TIMEOUT) -> list[int]:

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 
 from capojax.rewards.grading import GradeResult
 
-__all__ = ["GraderPool", "default_pool", "hard_deadline"]
+__all__ = ["GraderPool", "default_pool", "shared_pool", "hard_deadline"]
 
 logger = logging.getLogger("capojax.rewards")
 
@@ -253,6 +253,17 @@ def default_pool(workers: int | None = None) -> GraderPool:
         if pool is None:
             pool = _POOLS[workers] = GraderPool(workers)
         return pool
+
+
+def shared_pool() -> GraderPool:
+    """Any existing default pool (to avoid starting more processes), else a one-worker one.
+
+    Used when a single grade has to leave the calling thread (signals need the main thread).
+    """
+    with _POOLS_LOCK:
+        if _POOLS:
+            return next(iter(_POOLS.values()))
+    return default_pool(1)
 
 
 @atexit.register
