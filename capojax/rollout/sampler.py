@@ -1,0 +1,386 @@
+"""The embedded JAX rollout engine: batched KV-cache sampling under one `jax.jit`.
+
+Data flow of one `sample` call (`B` prompts, `n` samples each, `N = B * n` rows, prompt-major):
+
+  prompt_tokens i32[B,P] (left-padded) --prefill, once per prompt--> KV cache of P slots + last logits
+  --repeat each prompt's cache n times, pad to P + T slots--> cache for N rows
+  --first token sampled from the prefill logits--> one `lax.while_loop` over new tokens:
+       decode the previous token (S=1) -> logits f32[N,V] -> temperature / top-k / top-p -> sample
+  --> until every row has stopped (stop id emitted) or `max_new_tokens` tokens exist.
+
+Cache slots: the prompt sits in slots [0, P) (left padding masked out by `cache_mask`), generated token t
+in slot P + t. Generated slots are marked valid up front: the model's causal rule (a query at slot i only
+sees slots j <= i) already hides slots that are not written yet, so the mask never changes in the loop.
+
+Randomness: row r (prompt r // n, sample r % n) draws token t with `fold_in(fold_in(key, r), t)`, so a row's
+samples depend on (seed, row, step) only: not on the rows appended after it (the engine's batch padding)
+nor on how many steps other rows run.
+
+Recompiles: shapes are the only compile keys besides the three static switches (greedy, top-k/top-p on
+or off, samples per prompt). `JaxRolloutEngine` buckets the prompt count, prompt length and the
+completion buffer to powers of two, and temperature, top-p, top-k, max_new_tokens and the stop ids are
+traced values, so a training run compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from capojax.rollout.base import Rollout, SamplingParams
+from capojax.sharding import cache_sharding
+
+# Stop ids are a traced i32[MAX_STOP_IDS] array padded with -1, so changing them does not recompile.
+MAX_STOP_IDS = 16
+_NEG_INF = -jnp.inf
+
+
+# --------------------------------------------------------------------------------------------------
+# Logits processing
+# --------------------------------------------------------------------------------------------------
+
+
+def process_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
+                   *, use_filter: bool = True) -> jax.Array:
+    """The sampling distribution's logits: temperature, then top-k, then top-p (vLLM's order).
+
+    logits f32[N,V]; temperature f32[] (> 0), top_k i32[] (0 = off), top_p f32[] (1 = off) -> f32[N,V]
+    with removed tokens at -inf. `softmax` of the result is the distribution tokens are drawn from, and
+    `log_softmax` of it gives the log-probs the sampler reports.
+
+    top-k keeps the tokens whose logit is >= the k-th largest (ties at the boundary are all kept).
+    top-p keeps the smallest prefix of the sorted (top-k-renormalised) distribution whose mass reaches
+    top_p: a token is kept iff the mass strictly before it is < top_p, so the most likely token always
+    survives. `use_filter=False` (static) skips the O(V log V) sort when neither filter is on.
+    """
+    x = logits.astype(jnp.float32) / temperature
+    if not use_filter:
+        return x
+    vocab = x.shape[-1]
+    sorted_x = -jnp.sort(-x, axis=-1)  # descending
+    kth = jnp.take(sorted_x, jnp.clip(top_k - 1, 0, vocab - 1), axis=-1)[..., None]
+    thresh_k = jnp.where(top_k > 0, kth, _NEG_INF)
+    sorted_k = jnp.where(sorted_x >= thresh_k, sorted_x, _NEG_INF)
+    probs = jax.nn.softmax(sorted_k, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # top_p == 1 must keep every token even when float rounding pushes the running mass to 1 early.
+    keep = (mass_before < top_p) | (top_p >= 1.0)
+    thresh_p = jnp.min(jnp.where(keep, sorted_k, jnp.inf), axis=-1, keepdims=True)
+    thresh = jnp.maximum(thresh_k, thresh_p)
+    return jnp.where(x >= thresh, x, _NEG_INF)
+
+
+def _select(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, *, greedy: bool,
+            use_filter: bool) -> tuple[jax.Array, jax.Array]:
+    """Picks one token per row. logits f32[N,V], keys [N] -> (tokens i32[N], logprobs f32[N]).
+
+    Sampling: the log-prob is under the processed distribution. Greedy: the point-mass distribution has
+    log-prob 0, which says nothing, so greedy reports the model's own (temperature-1) log-prob instead.
+    """
+    logits = logits.astype(jnp.float32)
+    if greedy:
+        x = logits
+        tokens = jnp.argmax(x, axis=-1).astype(jnp.int32)
+    else:
+        x = process_logits(logits, temperature, top_k, top_p, use_filter=use_filter)
+        tokens = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+    picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
+    return tokens, picked - jax.nn.logsumexp(x, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The functional core
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """Result of `sample` (device arrays; N = B * n rows, prompt-major, T = completion buffer length).
+
+    tokens:   i32[N,T] completion ids, `pad_id` after the end of each row
+    logprobs: f32[N,T] log-prob of each token under the sampling distribution, 0 after the end
+    lengths:  i32[N]   real tokens per row (a stop token that ended the row counts)
+    finished: bool[N]  True when the row ended on a stop id, False when it hit max_new_tokens
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+
+
+jax.tree_util.register_dataclass(SampleOutput, data_fields=["tokens", "logprobs", "lengths", "finished"],
+                                 meta_fields=[])
+
+
+def _batch_axis_of_cache(cache: Any, batch: int) -> Any:
+    """Per cache leaf, the axis that indexes rows: KV arrays are [L, B, S, kv, hd] (axis 1)."""
+    def axis(x):
+        if x.ndim >= 2 and x.shape[1] == batch:
+            return 1
+        if x.ndim >= 1 and x.shape[0] == batch:
+            return 0
+        return None
+    return jax.tree.map(axis, cache)
+
+
+def _constrain_rows(x: jax.Array, axis: int | None, mesh: Mesh | None) -> jax.Array:
+    """Shards the row axis of x over the mesh's "fsdp" axis (no-op without a mesh); KV [L,N,S,kv,D] also
+    splits kv heads over "tp" when they divide (`capojax.sharding.cache_sharding`)."""
+    if mesh is None or axis is None:
+        return x
+    if axis == 1 and x.ndim == 5:
+        return jax.lax.with_sharding_constraint(x, cache_sharding(mesh, x.shape[3], x.shape[1]))
+    spec = [None] * x.ndim
+    spec[axis] = "fsdp"
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, top_k, top_p,
+                 max_new_tokens, stop_ids, pad_id, *, n: int, buffer_len: int, greedy: bool,
+                 use_filter: bool, mesh: Mesh | None):
+    model = nnx.merge(graphdef, state)
+    B, P = prompt_tokens.shape
+    N = B * n
+    prompt_mask = prompt_mask.astype(bool)
+    prompt_len = prompt_mask.sum(-1).astype(jnp.int32)  # [B]
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+    # Prefill once per prompt into a P-slot cache: attention costs P x P, not P x (P + T).
+    cache = model.init_cache(B, P)
+    logits, cache = model.decode(prompt_tokens, positions=positions, cache=cache, cache_mask=prompt_mask,
+                                 index=jnp.asarray(0, jnp.int32))
+    last_logits = jnp.repeat(logits[:, -1].astype(jnp.float32), n, axis=0)  # [N,V], left padding: last col is real
+
+    # Copy each prompt's cache to its n rows and append T empty slots for the completion.
+    axes = _batch_axis_of_cache(cache, B)
+
+    def grow(x, ax):
+        if ax is None:
+            return x
+        x = jnp.repeat(x, n, axis=ax)
+        if ax == 1 and x.ndim >= 3:  # [L, N, P, ...] -> [L, N, P + T, ...]
+            pad = [(0, 0)] * x.ndim
+            pad[2] = (0, buffer_len)
+            x = jnp.pad(x, pad)
+        return _constrain_rows(x, ax, mesh)
+
+    cache = jax.tree.map(grow, cache, axes)
+    cache_mask = jnp.concatenate(
+        [jnp.repeat(prompt_mask, n, axis=0), jnp.ones((N, buffer_len), bool)], axis=1)
+    cache_mask = _constrain_rows(cache_mask, 0, mesh)
+    row_len = jnp.repeat(prompt_len, n, axis=0)  # [N] real prompt tokens per row
+    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(N, dtype=jnp.int32))
+
+    def pick(step_logits, t):
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
+        return _select(step_logits, keys, temperature, top_k, top_p, greedy=greedy, use_filter=use_filter)
+
+    def record(carry_bufs, t, tok, lp):
+        tokens_buf, lp_buf, lengths, done, finished = carry_bufs
+        live = ~done
+        tok = jnp.where(live, tok, pad_id)
+        lp = jnp.where(live, lp, 0.0)
+        tokens_buf = jax.lax.dynamic_update_slice_in_dim(tokens_buf, tok[:, None], t, axis=1)
+        lp_buf = jax.lax.dynamic_update_slice_in_dim(lp_buf, lp[:, None], t, axis=1)
+        lengths = jnp.where(live, t + 1, lengths)
+        hit_stop = live & jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+        finished = finished | hit_stop
+        done = done | hit_stop | (t + 1 >= max_new_tokens)
+        return (tokens_buf, lp_buf, lengths, done, finished), tok
+
+    bufs = (jnp.full((N, buffer_len), pad_id, jnp.int32), jnp.zeros((N, buffer_len), jnp.float32),
+            jnp.zeros((N,), jnp.int32), jnp.zeros((N,), bool), jnp.zeros((N,), bool))
+    bufs = tuple(_constrain_rows(b, 0, mesh) for b in bufs)
+    tok0, lp0 = pick(last_logits, jnp.asarray(0, jnp.int32))
+    bufs, tok0 = record(bufs, jnp.asarray(0, jnp.int32), tok0, lp0)
+
+    def cond(carry):
+        t, _, bufs, _ = carry
+        return (t < jnp.minimum(max_new_tokens, buffer_len)) & ~jnp.all(bufs[3])
+
+    def body(carry):
+        t, prev, bufs, cache = carry
+        # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
+        step_logits, cache = model.decode(prev[:, None], positions=(row_len + t - 1)[:, None], cache=cache,
+                                          cache_mask=cache_mask, index=P + t - 1)
+        tok, lp = pick(step_logits[:, 0], t)
+        bufs, tok = record(bufs, t, tok, lp)
+        return t + 1, tok, bufs, cache
+
+    _, _, bufs, _ = jax.lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), tok0, bufs, cache))
+    tokens_buf, lp_buf, lengths, _, finished = bufs
+    return SampleOutput(tokens=tokens_buf, logprobs=lp_buf, lengths=lengths, finished=finished)
+
+
+_sample_jit = jax.jit(_sample_impl, static_argnames=("graphdef", "n", "buffer_len", "greedy", "use_filter",
+                                                      "mesh"))
+
+
+def _stop_array(ids: Sequence[int]) -> np.ndarray:
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    if len(ids) > MAX_STOP_IDS:
+        raise ValueError(f"at most {MAX_STOP_IDS} stop ids are supported, got {len(ids)}: {ids}")
+    return np.asarray(ids + [-1] * (MAX_STOP_IDS - len(ids)), np.int32)
+
+
+def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt_mask: jax.Array,
+           params: SamplingParams, key: jax.Array | None = None, *, eos_ids: Sequence[int] = (),
+           pad_id: int = 0, buffer_len: int | None = None, mesh: Mesh | None = None) -> SampleOutput:
+    """Samples `params.n` completions per prompt with a KV cache; one jitted prefill + while_loop.
+
+    model: a `Qwen` (or `(graphdef, state)` from `nnx.split`, to skip the split on hot paths).
+    prompt_tokens i32[B,P] left-padded, prompt_mask bool[B,P] (every row needs >= 1 real token);
+    key: PRNG key (default `jax.random.key(params.seed)`); eos_ids + params.stop_token_ids end a row.
+    buffer_len: completion buffer T (static; default max_new_tokens) — a larger bucket avoids recompiles,
+    generation still stops at params.max_new_tokens.
+    Returns SampleOutput with N = B * n prompt-major rows and T = buffer_len columns.
+    """
+    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    prompt_mask = jnp.asarray(prompt_mask, bool)
+    if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
+        raise ValueError(f"prompt_tokens and prompt_mask must both be [B, P]; got {prompt_tokens.shape} "
+                         f"and {prompt_mask.shape}")
+    if not bool(jnp.all(prompt_mask.any(-1))):
+        raise ValueError("every prompt needs at least one real token (a row of prompt_mask is all False)")
+    buffer_len = params.max_new_tokens if buffer_len is None else int(buffer_len)
+    if buffer_len < params.max_new_tokens:
+        raise ValueError(f"buffer_len={buffer_len} is shorter than max_new_tokens={params.max_new_tokens}")
+    if key is None:
+        key = jax.random.key(params.seed)
+    graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+    greedy = params.temperature == 0
+    use_filter = (not greedy) and (params.top_k > 0 or params.top_p < 1.0)
+    return _sample_jit(
+        graphdef, state, prompt_tokens, prompt_mask, key,
+        jnp.asarray(params.temperature if not greedy else 1.0, jnp.float32),
+        jnp.asarray(params.top_k, jnp.int32), jnp.asarray(params.top_p, jnp.float32),
+        jnp.asarray(params.max_new_tokens, jnp.int32),
+        jnp.asarray(_stop_array(tuple(eos_ids) + tuple(params.stop_token_ids))), jnp.asarray(pad_id, jnp.int32),
+        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, mesh=mesh)
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------
+
+
+def bucket(x: int, minimum: int = 1) -> int:
+    """Next power of two >= max(x, minimum): the shapes the engine compiles for."""
+    return 1 << max(0, math.ceil(math.log2(max(x, minimum, 1))))
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists to `length` -> (tokens i32[B,length], mask bool[B,length])."""
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), bool)
+    for i, p in enumerate(prompts):
+        if len(p):
+            tokens[i, length - len(p):] = p
+            mask[i, length - len(p):] = True
+    return tokens, mask
+
+
+class JaxRolloutEngine:
+    """`RolloutEngine` that samples in-process with `sample` (see the module docstring).
+
+    model: a `Qwen` (its params are held as an nnx.State; the module itself is not kept mutable).
+    pad_id: pads prompts and completions; eos_ids: stop ids added to every request's stop_token_ids.
+    mesh: with a mesh, rows are sharded over "fsdp" (the prompt count is padded to a multiple of its size)
+    and the params keep whatever sharding the model was given (e.g. `shard_model`).
+    """
+
+    def __init__(self, model: nnx.Module, *, pad_id: int, eos_ids: Sequence[int] = (), mesh: Mesh | None = None,
+                 min_prompt_bucket: int = 16, min_new_bucket: int = 16):
+        self.graphdef, state = nnx.split(model)
+        # Commit every leaf to its current placement: jit keys its cache on committed-ness, and
+        # update_weights hands in committed arrays, so an uncommitted start would compile twice.
+        self.state = jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
+        self.pad_id = int(pad_id)
+        self.eos_ids = tuple(int(e) for e in eos_ids)
+        self.mesh = mesh
+        self.min_prompt_bucket = min_prompt_bucket
+        self.min_new_bucket = min_new_bucket
+        self._row_multiple = 1 if mesh is None else int(mesh.shape["fsdp"])
+        self._closed = False
+
+    def _device_put_rows(self, x: np.ndarray) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(x)
+        spec = PartitionSpec("fsdp", *([None] * (x.ndim - 1)))
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Rollout:
+        """Samples params.n completions per prompt (token id lists) -> Rollout, prompt-major rows."""
+        if self._closed:
+            raise RuntimeError("JaxRolloutEngine.generate called after close()")
+        if len(prompts) == 0:
+            raise ValueError("generate() needs at least one prompt")
+        empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+        if empty:
+            raise ValueError(f"prompts {empty[:5]} are empty; every prompt needs at least one token")
+        num = len(prompts)
+        b_bucket = bucket(num)
+        b_bucket = -(-b_bucket // self._row_multiple) * self._row_multiple
+        p_bucket = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
+        t_bucket = bucket(params.max_new_tokens, self.min_new_bucket)
+        # Filler prompts (one pad token) only make the shapes static; their rows are dropped below.
+        padded = list(prompts) + [[self.pad_id]] * (b_bucket - num)
+        tokens, mask = pad_prompts(padded, p_bucket, self.pad_id)
+        out = sample((self.graphdef, self.state), self._device_put_rows(tokens), self._device_put_rows(mask),
+                     params, jax.random.key(params.seed), eos_ids=self.eos_ids, pad_id=self.pad_id,
+                     buffer_len=t_bucket, mesh=self.mesh)
+        rows = num * params.n
+        T = params.max_new_tokens
+        out = jax.device_get(out)
+        lengths = np.asarray(out.lengths[:rows], np.int32)
+        return Rollout(
+            tokens=np.asarray(out.tokens[:rows, :T], np.int32),
+            logprobs=np.asarray(out.logprobs[:rows, :T], np.float32),
+            mask=np.arange(T)[None, :] < lengths[:, None],
+            lengths=lengths,
+            finished=np.asarray(out.finished[:rows], bool),
+            prompt_index=np.repeat(np.arange(num, dtype=np.int32), params.n),
+            pad_id=self.pad_id,
+        )
+
+    def update_weights(self, params: Any) -> dict[str, float]:
+        """Replaces the sampled params with `params` (an nnx.State or a Qwen module of the same structure).
+
+        Same structure, shapes and dtypes keep the compiled sampler (no recompile); leaves are cast to the
+        engine's dtypes and placed like the current params (so a trainer in f32 can feed a bf16 sampler).
+        """
+        t0 = time.perf_counter()
+        if isinstance(params, nnx.Module):
+            params = nnx.state(params)
+        old_leaves, old_tree = jax.tree.flatten(self.state)
+        new_leaves, new_tree = jax.tree.flatten(params)
+        if old_tree != new_tree:
+            raise ValueError("update_weights got params whose structure differs from the engine's model; "
+                             f"pass nnx.state(model) of the same architecture.\n engine: {old_tree}\n got: {new_tree}")
+        moved = []
+        for i, (old, new) in enumerate(zip(old_leaves, new_leaves)):
+            if old.shape != new.shape:
+                path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(self.state)[0][i][0])
+                raise ValueError(f"update_weights: param {path} has shape {new.shape}, engine expects {old.shape}")
+            new = jnp.asarray(new, old.dtype)
+            sharding = getattr(old, "sharding", None)
+            moved.append(jax.device_put(new, sharding) if sharding is not None else new)
+        moved = jax.block_until_ready(moved)
+        self.state = jax.tree.unflatten(old_tree, moved)
+        secs = time.perf_counter() - t0
+        nbytes = sum(x.size * x.dtype.itemsize for x in moved)
+        return {"timing/sync": secs, "sync/gbps": nbytes / max(secs, 1e-9) / 1e9}
+
+    def close(self) -> None:
+        self._closed = True
+        self.state = None

@@ -1,0 +1,256 @@
+"""The JAX KV-cache sampler against teacher-forced forward passes of the same tiny random Qwen."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from capojax.models import Qwen, QwenConfig
+from capojax.rollout import JaxRolloutEngine, Rollout, RolloutEngine, SamplingParams, process_logits, sample
+from capojax.rollout.sampler import _sample_jit, pad_prompts
+
+PAD = 0
+PROMPTS = [[5, 9, 17, 33, 2], [7, 8, 9, 10, 11, 12, 13, 14], [40, 41, 3]]  # different lengths, left-padded to 8
+T = 8
+
+CONFIG = QwenConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=8, tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256)
+
+
+def make_model(seed: int = 0) -> Qwen:
+    """A tiny random Qwen whose matrices are scaled from std 0.02 to 0.5, so that next-token distributions are
+    peaked (distinct argmaxes, varied samples) instead of nearly uniform."""
+    model = Qwen(CONFIG, rngs=nnx.Rngs(seed))
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: x * 25.0 if x.ndim >= 2 else x, state))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(0)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    tokens, mask = pad_prompts(PROMPTS, 8, PAD)
+    return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def teacher_forced_logits(model, prompt_tokens, prompt_mask, completion, n):
+    """Full forward over [left-padded prompt | completion] -> logits f32[N, T, V] that scored each completion
+    token (the logits at the position before it)."""
+    tokens = jnp.concatenate([jnp.repeat(prompt_tokens, n, axis=0), completion], axis=1)
+    mask = jnp.concatenate([jnp.repeat(prompt_mask, n, axis=0), jnp.ones(completion.shape, bool)], axis=1)
+    logits = model(tokens, attention_mask=mask)
+    p = prompt_tokens.shape[1]
+    return logits[:, p - 1:-1]
+
+
+def picked(logp, tokens):
+    return np.take_along_axis(np.asarray(logp), np.asarray(tokens)[..., None], axis=-1)[..., 0]
+
+
+def completion_mask(out):
+    return np.arange(out.tokens.shape[1])[None, :] < np.asarray(out.lengths)[:, None]
+
+
+def reference_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """Row by row, in plain numpy: divide by T, keep the k largest, then the shortest most-likely prefix whose
+    probability mass reaches top_p; everything else -> -inf."""
+    out = np.full_like(logits, -np.inf, dtype=np.float64)
+    for idx in np.ndindex(logits.shape[:-1]):
+        x = logits[idx].astype(np.float64) / temperature
+        order = np.argsort(-x, kind="stable")
+        if top_k > 0:
+            order = order[:top_k]
+        p = np.exp(x[order] - x[order].max())
+        p /= p.sum()
+        kept, mass = [], 0.0
+        for token, prob in zip(order, p):
+            kept.append(token)
+            mass += prob
+            if mass >= top_p:
+                break
+        out[idx][kept] = x[kept]
+    return out
+
+
+def test_temperature_one_logprobs_equal_teacher_forced(model, batch):
+    tokens, mask = batch
+    n = 2
+    out = sample(model, tokens, mask, SamplingParams(n=n, max_new_tokens=T, seed=3), eos_ids=(1,), pad_id=PAD)
+    assert out.tokens.shape == (len(PROMPTS) * n, T)
+    logits = teacher_forced_logits(model, tokens, mask, out.tokens, n)
+    expected = picked(jax.nn.log_softmax(logits, axis=-1), out.tokens)
+    m = completion_mask(out)
+    assert m[:, 0].all()
+    np.testing.assert_allclose(np.asarray(out.logprobs)[m], expected[m], atol=1e-4, rtol=0)
+    assert np.all(np.asarray(out.logprobs)[~m] == 0)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 5, 1.0), (0.8, 0, 0.6), (1.0, 4, 0.7)])
+def test_processed_logprobs_equal_reference_filter(model, batch, temperature, top_k, top_p):
+    tokens, mask = batch
+    params = SamplingParams(n=2, max_new_tokens=T, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
+    out = sample(model, tokens, mask, params, pad_id=PAD)
+    logits = np.asarray(teacher_forced_logits(model, tokens, mask, out.tokens, 2))
+    filtered = reference_filter(logits, temperature, top_k, top_p)
+    m = completion_mask(out)
+    assert np.isfinite(picked(filtered, out.tokens)[m]).all(), "sampled a token the filters removed"
+    lse = np.log(np.sum(np.exp(filtered - filtered.max(-1, keepdims=True)), -1)) + filtered.max(-1)
+    expected = picked(filtered, out.tokens) - lse
+    np.testing.assert_allclose(np.asarray(out.logprobs)[m], expected[m], atol=1e-4, rtol=0)
+    if top_k or top_p < 1:  # the filters must actually remove tokens here, or the test proves nothing
+        assert np.isinf(filtered).any()
+
+
+def test_process_logits_matches_reference():
+    logits = jax.random.normal(jax.random.key(0), (4, 50)) * 3
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.5, 7, 1.0), (2.0, 0, 0.3), (1.0, 10, 0.5), (1.0, 1, 1.0)]:
+        got = np.asarray(process_logits(logits, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)))
+        want = reference_filter(np.asarray(logits), temperature, top_k, top_p)
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        np.testing.assert_allclose(got[~np.isinf(got)], want[~np.isinf(want)], atol=1e-5, rtol=0)
+
+
+def test_greedy_equals_teacher_forced_argmax(model, batch):
+    tokens, mask = batch
+    out = sample(model, tokens, mask, SamplingParams(max_new_tokens=T, temperature=0.0), pad_id=PAD)
+    logits = teacher_forced_logits(model, tokens, mask, out.tokens, 1)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(jnp.argmax(logits, -1)))
+    # greedy reports the model's own log-probs (the point mass would only say 0)
+    np.testing.assert_allclose(np.asarray(out.logprobs), picked(jax.nn.log_softmax(logits, -1), out.tokens),
+                               atol=1e-4, rtol=0)
+    assert np.all(np.asarray(out.lengths) == T) and not np.asarray(out.finished).any()
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model, batch):
+    tokens, mask = batch
+    together = sample(model, tokens, mask, SamplingParams(max_new_tokens=T, temperature=0.0), pad_id=PAD)
+    for i, prompt in enumerate(PROMPTS):
+        alone = sample(model, jnp.asarray([prompt]), jnp.ones((1, len(prompt)), bool),
+                       SamplingParams(max_new_tokens=T, temperature=0.0), pad_id=PAD)
+        np.testing.assert_array_equal(np.asarray(alone.tokens[0]), np.asarray(together.tokens[i]))
+        np.testing.assert_allclose(np.asarray(alone.logprobs[0]), np.asarray(together.logprobs[i]), atol=1e-4)
+
+
+def test_stop_tokens_end_rows(model, batch):
+    tokens, mask = batch
+    free = sample(model, tokens, mask, SamplingParams(max_new_tokens=T, temperature=0.0), pad_id=PAD)
+    free_tokens = np.asarray(free.tokens)
+    stop = int(free_tokens[0, 2])  # row 0 emits this at step 2 (or earlier); other rows may or may not
+    out = sample(model, tokens, mask, SamplingParams(max_new_tokens=T, temperature=0.0, stop_token_ids=(stop,)),
+                 pad_id=PAD)
+    got = np.asarray(out.tokens)
+    for r in range(len(PROMPTS)):
+        hits = np.flatnonzero(free_tokens[r] == stop)
+        if hits.size:
+            end = hits[0] + 1
+            assert bool(out.finished[r]) and int(out.lengths[r]) == end
+            np.testing.assert_array_equal(got[r, :end], free_tokens[r, :end])  # stop token included
+            assert np.all(got[r, end:] == PAD) and np.all(np.asarray(out.logprobs)[r, end:] == 0)
+        else:
+            assert not bool(out.finished[r]) and int(out.lengths[r]) == T
+            np.testing.assert_array_equal(got[r], free_tokens[r])
+    assert bool(out.finished[0]) and int(out.lengths[0]) <= 3
+
+
+def test_all_rows_stop_early(model):
+    """When every row has stopped the loop exits; the unused columns stay padding."""
+    prompt = jnp.asarray([PROMPTS[0]])
+    free = sample(model, prompt, jnp.ones_like(prompt, bool), SamplingParams(max_new_tokens=T, temperature=0.0))
+    first = int(free.tokens[0, 0])
+    out = sample(model, prompt, jnp.ones_like(prompt, bool),
+                 SamplingParams(max_new_tokens=T, temperature=0.0, stop_token_ids=(first,)), pad_id=PAD)
+    assert int(out.lengths[0]) == 1 and bool(out.finished[0])
+    assert np.all(np.asarray(out.tokens[0, 1:]) == PAD)
+
+
+def test_seed_reproducible_and_different_seeds_differ(model, batch):
+    tokens, mask = batch
+    a = sample(model, tokens, mask, SamplingParams(n=2, max_new_tokens=T, seed=5), pad_id=PAD)
+    b = sample(model, tokens, mask, SamplingParams(n=2, max_new_tokens=T, seed=5), pad_id=PAD)
+    c = sample(model, tokens, mask, SamplingParams(n=2, max_new_tokens=T, seed=6), pad_id=PAD)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_array_equal(np.asarray(a.logprobs), np.asarray(b.logprobs))
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    return JaxRolloutEngine(model, pad_id=PAD, eos_ids=(1,))
+
+
+def test_engine_rollout_prompt_major_and_max_new_tokens(engine):
+    assert isinstance(engine, RolloutEngine)
+    n, max_new = 3, 5  # 5 is not a bucket size: the 8-column buffer must be cut to 5
+    ro = engine.generate(PROMPTS, SamplingParams(n=n, max_new_tokens=max_new, seed=2))
+    assert isinstance(ro, Rollout) and ro.num_rows == len(PROMPTS) * n
+    assert ro.tokens.shape == ro.logprobs.shape == ro.mask.shape == (len(PROMPTS) * n, max_new)
+    np.testing.assert_array_equal(ro.prompt_index, np.repeat(np.arange(len(PROMPTS)), n))
+    assert np.all(ro.lengths <= max_new)
+    np.testing.assert_array_equal(ro.mask, np.arange(max_new)[None] < ro.lengths[:, None])
+    assert np.all(ro.tokens[~ro.mask] == PAD)
+    # prompt-major: greedy samples of one prompt are identical and equal that prompt's n=1 greedy row
+    greedy = engine.generate(PROMPTS, SamplingParams(n=n, max_new_tokens=max_new, temperature=0.0))
+    single = engine.generate(PROMPTS, SamplingParams(n=1, max_new_tokens=max_new, temperature=0.0))
+    np.testing.assert_array_equal(greedy.tokens.reshape(len(PROMPTS), n, max_new),
+                                  np.repeat(single.tokens[:, None], n, axis=1))
+    # and sampled rows of one group are distinct draws
+    groups = ro.tokens.reshape(len(PROMPTS), n, max_new)
+    assert any(not np.array_equal(g[0], g[1]) for g in groups)
+
+
+def test_engine_matches_functional_core(engine, model):
+    params = SamplingParams(n=2, max_new_tokens=T, seed=9)
+    ro = engine.generate(PROMPTS, params)
+    # the engine pads 3 prompts to a batch of 4 and prompts to 16 columns; rows 0..5 must be unaffected by that
+    tokens, mask = pad_prompts(PROMPTS, 16, PAD)
+    out = sample(model, tokens, mask, params, eos_ids=(1,), pad_id=PAD)
+    np.testing.assert_array_equal(ro.tokens, np.asarray(out.tokens))
+    np.testing.assert_allclose(ro.logprobs, np.asarray(out.logprobs), atol=1e-5)
+
+
+def test_update_weights_swaps_params_without_recompiling():
+    model_a, model_b = make_model(0), make_model(1)
+    engine = JaxRolloutEngine(model_a, pad_id=PAD)
+    params = SamplingParams(max_new_tokens=T, temperature=0.0)
+    before = engine.generate(PROMPTS, params)
+    compiled = _sample_jit._cache_size()
+    metrics = engine.update_weights(nnx.state(model_b))
+    assert metrics["timing/sync"] >= 0
+    after = engine.generate(PROMPTS, params)
+    assert _sample_jit._cache_size() == compiled, "update_weights must not trigger a recompile"
+    expected = JaxRolloutEngine(model_b, pad_id=PAD).generate(PROMPTS, params)
+    np.testing.assert_array_equal(after.tokens, expected.tokens)
+    assert not np.array_equal(after.tokens, before.tokens)
+    with pytest.raises(ValueError, match="shape"):
+        bad = Qwen(CONFIG.replace(hidden_size=16, intermediate_size=32), rngs=nnx.Rngs(0))
+        engine.update_weights(nnx.state(bad))
+    engine.close()
+    with pytest.raises(RuntimeError, match="close"):
+        engine.generate(PROMPTS, params)
+
+
+def test_sharded_engine_equals_single_device(model):
+    from capojax.sharding import make_mesh, shard_model
+
+    mesh = make_mesh(4, 2)
+    sharded = shard_model(make_model(0), mesh)
+    params = SamplingParams(n=2, max_new_tokens=T, seed=4)
+    got = JaxRolloutEngine(sharded, pad_id=PAD, eos_ids=(1,), mesh=mesh).generate(PROMPTS, params)
+    want = JaxRolloutEngine(model, pad_id=PAD, eos_ids=(1,)).generate(PROMPTS, params)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+
+
+def test_bad_inputs_have_clear_errors(engine, model):
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([[1, 2], []], SamplingParams())
+    with pytest.raises(ValueError, match="at least one real token"):
+        sample(model, jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), bool), SamplingParams())
+    with pytest.raises(ValueError, match="stop ids"):
+        sample(model, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), bool),
+               SamplingParams(stop_token_ids=tuple(range(40))))
