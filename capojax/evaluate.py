@@ -1,0 +1,570 @@
+"""Evaluate a checkpoint on math benchmarks: accuracy, inference-time scaling and calibration.
+
+    python -m capojax.evaluate --checkpoint DIR --benchmarks aime24,math500 --n 4 --temperature 0.6 \\
+        --top_p 0.95 --max_new_tokens 512 --limit 8 --out OUT [--template qwen-math|dcpo] [--seed 0]
+
+For every benchmark (a name from `capojax.data.benchmarks.BENCHMARKS` or a .json/.jsonl path):
+
+1. render each problem with the prompt template (the checkpoint's chat template when it ships one),
+2. sample N completions per problem with the embedded JAX sampler (`JaxRolloutEngine`), with a progress bar,
+3. grade them with `capojax.rewards.grade_batch` (math-verify, worker processes, deadlines),
+4. score each completion's confidence two ways:
+   - perplexity view: `lpm`, the mean token log-prob of the completion under the model **at temperature 1**,
+     recomputed teacher-forced (one forward pass over prompt + completion). The sampler's own log-probs are
+     taken under the *sampling* distribution (temperature, top-p), which is not the model's likelihood, so they
+     are only recorded as `sampler_lpm` for reference. Confidence = exp(lpm) = 1 / perplexity.
+   - DCPO view: the stated `CONFIDENCE: <p>` line (`capojax.rewards.parse_confidence`), when present.
+5. write OUT/<bench>/summary.json, OUT/<bench>/samples.jsonl and PNG plots (see `write_outputs`).
+
+`evaluate(...)` is the importable entry point (the trainer calls it for validation with its live model and,
+optionally, its own rollout engine); `main()` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+import re
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger("capojax.evaluate")
+
+__all__ = ["BenchmarkResult", "evaluate", "evaluate_problems", "completion_lpm", "write_outputs", "main"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Teacher-forced log-probs at temperature 1
+# ------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _token_logprob_fn(graphdef, prompt_len: int, time_chunk: int):
+    """A jitted `(state, tokens i32[R,P+T], mask bool[R,P+T]) -> logp f32[R,T]` for one prompt bucket.
+
+    The logits of only `time_chunk` positions exist at a time (lax.map over time chunks), so a 150k vocabulary
+    never materialises a full [R, T, V] array.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @jax.jit
+    def fn(state, tokens, mask):
+        model = nnx.merge(graphdef, state)
+        hidden = model.hidden(tokens, attention_mask=mask)  # positions: cumsum(mask) - 1 (left padding)
+        h = hidden[:, prompt_len - 1 : -1]  # the state before completion token t predicts token t
+        targets = tokens[:, prompt_len:]
+        rows, length, width = h.shape
+        chunks = length // time_chunk
+        h = h.reshape(rows, chunks, time_chunk, width).swapaxes(0, 1)
+        targets = targets.reshape(rows, chunks, time_chunk).swapaxes(0, 1)
+
+        def one(args):
+            hc, tc = args
+            logits = model.logits(hc).astype(jnp.float32)
+            picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+            return picked - jax.nn.logsumexp(logits, axis=-1)
+
+        logp = jax.lax.map(one, (h, targets))  # [chunks, R, time_chunk]
+        return logp.swapaxes(0, 1).reshape(rows, length)
+
+    return fn
+
+
+def completion_lpm(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    completions: np.ndarray,
+    lengths: np.ndarray,
+    prompt_index: np.ndarray,
+    *,
+    pad_id: int,
+    rows_per_batch: int = 8,
+    time_chunk: int = 128,
+) -> np.ndarray:
+    """Mean token log-prob of each completion under `model` at temperature 1 (teacher forced) -> f32[N].
+
+    prompts: the B prompt token lists; completions i32[N,T] right-padded; lengths i32[N] real tokens per row;
+    prompt_index i32[N] the prompt of each row. A row with no tokens gets NaN.
+    Shapes are bucketed (prompt length to a power of two, rows to `rows_per_batch`, T to a multiple of
+    `time_chunk`) so an evaluation compiles a handful of times.
+    """
+    import jax
+    from flax import nnx
+
+    from capojax.rollout.sampler import bucket, pad_prompts
+
+    completions = np.asarray(completions, np.int32)
+    lengths = np.asarray(lengths, np.int32)
+    n_rows, t_len = completions.shape
+    out = np.full(n_rows, np.nan, np.float32)
+    if n_rows == 0:
+        return out
+    graphdef, state = nnx.split(model)
+    chunk = min(time_chunk, bucket(max(t_len, 1)))
+    t_pad = -(-t_len // chunk) * chunk
+    p_len = bucket(max(len(p) for p in prompts), 16)
+    fn = _token_logprob_fn(graphdef, p_len, chunk)
+    for start in range(0, n_rows, rows_per_batch):
+        rows = np.arange(start, min(start + rows_per_batch, n_rows))
+        r_pad = np.concatenate([rows, np.full(rows_per_batch - len(rows), rows[-1])])  # filler rows: repeats
+        ptoks, pmask = pad_prompts([prompts[i] for i in prompt_index[r_pad]], p_len, pad_id)
+        ctoks = np.full((rows_per_batch, t_pad), pad_id, np.int32)
+        ctoks[:, :t_len] = completions[r_pad]
+        cmask = np.arange(t_pad)[None, :] < lengths[r_pad][:, None]
+        tokens = np.concatenate([ptoks, np.where(cmask, ctoks, pad_id)], axis=1)
+        mask = np.concatenate([pmask, cmask], axis=1)
+        logp = np.asarray(jax.device_get(fn(state, tokens, mask)), np.float64)
+        total = np.where(cmask, logp, 0.0).sum(axis=1)
+        count = cmask.sum(axis=1)
+        lpm = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        out[rows] = lpm[: len(rows)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One benchmark
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """Everything measured on one benchmark. Per-sample arrays are [B, N] (B problems, N samples each).
+
+    summary: flat {metric: value} (NaN where undefined), as written to summary.json.
+    records: one dict per sample, as written to samples.jsonl.
+    """
+
+    name: str
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    correct: np.ndarray  # bool[B,N]
+    lpm: np.ndarray  # f32[B,N] teacher-forced mean token log-prob at temperature 1
+    confidence: np.ndarray  # f32[B,N] stated (DCPO) confidence, NaN when absent
+
+
+def _stop_ids(tokenizer: Any, config: Any = None, extra: Sequence[int] = ()) -> tuple[int, ...]:
+    """EOS ids from the config, the tokenizer and the ChatML end-of-turn token (Qwen's chat models stop on
+    `<|im_end|>`, which their config.json does not always list)."""
+    ids: list[int] = list(extra)
+    if config is not None and getattr(config, "eos_token_ids", None):
+        ids += list(config.eos_token_ids)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for name in ("<|im_end|>", "<|endoftext|>"):
+        if name in vocab:
+            ids.append(int(vocab[name]))
+    return tuple(dict.fromkeys(ids))
+
+
+def _pad_id(tokenizer: Any, stop_ids: Sequence[int]) -> int:
+    if getattr(tokenizer, "pad_token_id", None) is not None:
+        return int(tokenizer.pad_token_id)
+    if stop_ids:
+        return int(stop_ids[0])
+    raise ValueError("the tokenizer has no pad or eos token; set tokenizer.pad_token_id before evaluating")
+
+
+@functools.lru_cache(maxsize=1)
+def _warm_up_grader() -> None:
+    """Pays math-verify's cold start (sympy/antlr imports, first parse: seconds on a busy machine) once, under a
+    generous deadline, so that it is not charged to the per-answer deadline of the first in-process grade or
+    answer comparison (which would then time out and count as wrong)."""
+    from capojax.rewards import answers_equivalent
+
+    answers_equivalent("\\frac{1}{2}", "0.5", timeout=300.0)
+
+
+def _chunk_seed(seed: int, name: str, start: int) -> int:
+    """A sampling seed per (run seed, benchmark, chunk): the sampler keys rows by their index in a call, so
+    without this every chunk would reuse the same random streams."""
+    digest = sum(ord(c) * 31**i for i, c in enumerate(name)) % (2**31)
+    return int(np.random.SeedSequence([seed, digest, start]).generate_state(1)[0] % (2**31))
+
+
+def evaluate_problems(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Any],
+    *,
+    name: str = "benchmark",
+    n: int = 4,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    top_k: int = 0,
+    max_new_tokens: int = 512,
+    template: str = "qwen-math",
+    seed: int = 0,
+    engine: Any = None,
+    stop_ids: Sequence[int] | None = None,
+    batch_size: int = 8,
+    lpm_rows_per_batch: int = 8,
+    grade_timeout: float | None = None,
+    grade_workers: int | None = None,
+    n_bins: int = 20,
+    progress: bool = True,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> BenchmarkResult:
+    """Sample, grade and score `problems` (objects with `id`, `problem`, `gold`) -> BenchmarkResult.
+
+    model: a `capojax.models.Qwen` (used for the temperature-1 log-probs, and for sampling unless `engine` is given).
+    engine: any `RolloutEngine` already holding the model's weights (e.g. the trainer's vLLM sidecar); default a
+    `JaxRolloutEngine` on `model`. stop_ids: token ids that end a completion (default: tokenizer/ChatML EOS).
+    batch_size: problems per `generate` call (rows = batch_size * n).
+    """
+    from tqdm.auto import tqdm
+
+    from capojax import metrics
+    from capojax.data.templates import render_prompt
+    from capojax.rewards import DEFAULT_TIMEOUT, grade_batch, parse_confidences
+    from capojax.rollout.base import SamplingParams
+
+    if not problems:
+        raise ValueError(f"{name}: no problems to evaluate")
+    if n < 1:
+        raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
+    stop_ids = _stop_ids(tokenizer, getattr(model, "config", None)) if stop_ids is None else tuple(stop_ids)
+    pad_id = _pad_id(tokenizer, stop_ids)
+    if engine is None:
+        from capojax.rollout.sampler import JaxRolloutEngine
+
+        engine = JaxRolloutEngine(model, pad_id=pad_id, eos_ids=stop_ids)
+
+    kwargs = dict(chat_template_kwargs or {})
+    prompts = [
+        tokenizer.encode(
+            render_prompt(p.problem, tokenizer=tokenizer, style=template, chat_template_kwargs=kwargs or None),
+            add_special_tokens=False,
+        )
+        for p in problems
+    ]
+    num = len(problems)
+    tokens = np.full((num * n, max_new_tokens), pad_id, np.int32)
+    sampler_logp = np.zeros((num * n, max_new_tokens), np.float32)
+    lengths = np.zeros(num * n, np.int32)
+    finished = np.zeros(num * n, bool)
+
+    t0 = time.perf_counter()
+    with tqdm(total=num, desc=f"{name}: sampling", unit="problem", disable=not progress) as bar:
+        for start in range(0, num, batch_size):
+            chunk = prompts[start : start + batch_size]
+            params = SamplingParams(
+                n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                stop_token_ids=tuple(stop_ids), seed=_chunk_seed(seed, name, start),
+            )
+            rollout = engine.generate(chunk, params)
+            rows = slice(start * n, (start + len(chunk)) * n)
+            width = rollout.tokens.shape[1]
+            tokens[rows, :width] = rollout.tokens
+            sampler_logp[rows, :width] = rollout.logprobs
+            lengths[rows] = rollout.lengths
+            finished[rows] = rollout.finished
+            bar.update(len(chunk))
+    t_sample = time.perf_counter() - t0
+
+    prompt_index = np.repeat(np.arange(num), n)
+    t0 = time.perf_counter()
+    lpm = completion_lpm(
+        model, prompts, tokens, lengths, prompt_index, pad_id=pad_id, rows_per_batch=lpm_rows_per_batch
+    )
+    t_lpm = time.perf_counter() - t0
+    token_mask = np.arange(max_new_tokens)[None, :] < lengths[:, None]
+    sampler_lpm = np.where(
+        lengths > 0, (sampler_logp * token_mask).sum(1) / np.maximum(lengths, 1), np.nan
+    ).astype(np.float32)
+
+    responses = [tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True) for i in range(num * n)]
+    golds = [problems[i].gold for i in prompt_index]
+    _warm_up_grader()  # clustering below compares answers in this process; grading may too (workers=0)
+    t0 = time.perf_counter()
+    graded = grade_batch(
+        responses, golds, timeout=DEFAULT_TIMEOUT if grade_timeout is None else grade_timeout, workers=grade_workers
+    )
+    t_grade = time.perf_counter() - t0
+    confidence = parse_confidences(responses)
+
+    correct = np.asarray(graded.correct, bool).reshape(num, n)
+    extracted = [graded.extracted[b * n : (b + 1) * n] for b in range(num)]
+    lpm2, conf2 = lpm.reshape(num, n), confidence.reshape(num, n)
+    t0 = time.perf_counter()
+    cluster_ids = metrics.cluster_answers(extracted)
+    t_cluster = time.perf_counter() - t0
+
+    summary: dict[str, Any] = {
+        "benchmark": name,
+        "problems": num,
+        "samples_per_problem": n,
+        "template": template,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
+    summary.update(metrics.scaling_summary(correct, cluster_ids, lpm2))
+    for key, value in metrics.calibration_summary(np.exp(lpm2), correct, n_bins=n_bins).items():
+        summary[f"ppl/{key}"] = value
+    summary["ppl/mean_lpm"] = float(np.nanmean(lpm))
+    summary["dcpo/parse_rate"] = float(np.mean(~np.isnan(confidence)))
+    if not np.all(np.isnan(confidence)):
+        for key, value in metrics.calibration_summary(conf2, correct, n_bins=n_bins).items():
+            summary[f"dcpo/{key}"] = value
+        # Inference-time scaling with the stated confidence as the vote weight (unparsed samples do not vote).
+        vote_ids = np.where(np.isnan(conf2), -1, cluster_ids)
+        summary[f"dcpo/confidence_vote@{n}"] = float(
+            np.mean(np.asarray(metrics.perplexity_consistency(vote_ids, np.log(np.maximum(conf2, 1e-30)), correct)))
+        )
+    summary.update(
+        {
+            "answered_rate": float(np.mean(cluster_ids >= 0)),
+            "mean_response_tokens": float(lengths.mean()),
+            "truncated_rate": float(np.mean(~finished)),
+            "grade_timeouts": int(graded.timeouts),
+            "timing/sample_s": t_sample,
+            "timing/lpm_s": t_lpm,
+            "timing/grade_s": t_grade,
+            "timing/cluster_s": t_cluster,
+        }
+    )
+
+    records = []
+    for row in range(num * n):
+        b, j = divmod(row, n)
+        records.append(
+            {
+                "problem_id": problems[b].id,
+                "sample": j,
+                "gold": list(problems[b].gold) if isinstance(problems[b].gold, (list, tuple)) else problems[b].gold,
+                "response": responses[row],
+                "extracted": graded.extracted[row],
+                "correct": bool(correct[b, j]),
+                "lpm": _finite_or_none(lpm[row]),
+                "sampler_lpm": _finite_or_none(sampler_lpm[row]),
+                "confidence": _finite_or_none(confidence[row]),
+                "answer_cluster": int(cluster_ids[b, j]),
+                "tokens": int(lengths[row]),
+                "finished": bool(finished[row]),
+            }
+        )
+    return BenchmarkResult(name=name, summary=summary, records=records, correct=correct, lpm=lpm2, confidence=conf2)
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_outputs(result: BenchmarkResult, folder: str | pathlib.Path, *, n_bins: int = 20) -> pathlib.Path:
+    """Writes into `folder`: summary.json (NaN -> null), samples.jsonl (one row per sample),
+    reliability_ppl.png, precision_coverage.png and, with stated confidences, reliability_dcpo.png."""
+    from capojax import metrics, plots
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(_json_safe(result.summary), indent=2) + "\n")
+    with (folder / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for rec in result.records:
+            f.write(json.dumps(_json_safe(rec), ensure_ascii=False) + "\n")
+    conf_ppl = np.exp(result.lpm)
+    plots.save_reliability_diagram(
+        metrics.reliability_diagram(conf_ppl, result.correct, n_bins=n_bins),
+        folder / "reliability_ppl.png",
+        title=f"{result.name}: exp(lpm)",
+        ece=result.summary.get("ppl/ece"),
+    )
+    curves = {"exp(lpm)": metrics.precision_coverage(conf_ppl, result.correct)}
+    if not np.all(np.isnan(result.confidence)):
+        plots.save_reliability_diagram(
+            metrics.reliability_diagram(result.confidence, result.correct, n_bins=n_bins),
+            folder / "reliability_dcpo.png",
+            title=f"{result.name}: stated confidence",
+            ece=result.summary.get("dcpo/ece"),
+        )
+        curves["stated confidence"] = metrics.precision_coverage(result.confidence, result.correct)
+    plots.save_precision_coverage(curves, folder / "precision_coverage.png", title=result.name)
+    return folder
+
+
+def _folder_name(benchmark: str) -> str:
+    from capojax.data.benchmarks import BENCHMARKS
+
+    if benchmark.lower() in BENCHMARKS:
+        return benchmark.lower()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(benchmark).stem) or "benchmark"
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    benchmarks: Sequence[str] | str,
+    *,
+    limit: int | None = None,
+    out_dir: str | pathlib.Path | None = None,
+    data_dir: str | pathlib.Path | None = None,
+    n_bins: int = 20,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """Evaluates `model` on each benchmark -> {benchmark folder name: summary dict}.
+
+    benchmarks: names (`capojax.data.benchmarks.BENCHMARKS`) or .json/.jsonl paths, a list or "a,b".
+    limit: the first `limit` problems of each. out_dir: when given, each benchmark's outputs go to
+    out_dir/<name>/ (`write_outputs`). Other keyword arguments go to `evaluate_problems` (n, temperature, top_p,
+    top_k, max_new_tokens, template, seed, engine, stop_ids, batch_size, grade_timeout, grade_workers, progress, ...).
+    """
+    from capojax.data.benchmarks import load_benchmark
+
+    if isinstance(benchmarks, str):
+        benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    results = {}
+    for bench in benchmarks:
+        problems = load_benchmark(bench, limit=limit, data_dir=data_dir)
+        name = _folder_name(bench)
+        result = evaluate_problems(model, tokenizer, problems, name=name, n_bins=n_bins, **kwargs)
+        if out_dir is not None:
+            write_outputs(result, pathlib.Path(out_dir) / name, n_bins=n_bins)
+        results[name] = result.summary
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    from capojax.data.benchmarks import BENCHMARKS
+
+    p = argparse.ArgumentParser(
+        prog="python -m capojax.evaluate",
+        description="Sample, grade and score a checkpoint on math benchmarks (accuracy, pass@k, voting, calibration).",
+    )
+    p.add_argument("--checkpoint", required=True, help="HF checkpoint folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument(
+        "--benchmarks", default="aime24,math500",
+        help=f"comma-separated names ({', '.join(BENCHMARKS)}) or .json/.jsonl paths",
+    )
+    p.add_argument("--n", type=int, default=4, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--top_k", type=int, default=0, help="0 disables top-k")
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT problems of each benchmark")
+    p.add_argument("--out", required=True, help="output folder; one subfolder per benchmark")
+    p.add_argument("--template", default="qwen-math", choices=["qwen-math", "dcpo"], help="prompt style")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=8, help="problems per sampler call (rows = batch_size * n)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint folder)")
+    p.add_argument("--data_dir", default=None, help="folder holding eval/ (default $CAPOJAX_DATA_DIR or ../shared/data)")
+    p.add_argument("--grade_workers", type=int, default=None, help="grading processes (0 = in this process)")
+    p.add_argument("--grade_timeout", type=float, default=None, help="seconds per graded response")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Fails fast, before any model loading, on what the user can fix. Returns the benchmark list."""
+    from capojax.data.benchmarks import BENCHMARKS
+
+    ckpt = pathlib.Path(args.checkpoint).expanduser()
+    if not ckpt.is_dir():
+        parser.error(f"--checkpoint {ckpt} is not a folder; pass an HF checkpoint folder with config.json")
+    if not (ckpt / "config.json").is_file():
+        parser.error(f"--checkpoint {ckpt} has no config.json; is it an HF checkpoint folder (save_pretrained output)?")
+    tok_dir = pathlib.Path(args.tokenizer).expanduser() if args.tokenizer else ckpt
+    if not (tok_dir / "tokenizer.json").is_file():
+        parser.error(f"no tokenizer.json in {tok_dir}; copy the tokenizer files there or pass --tokenizer DIR")
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if not benchmarks:
+        parser.error("--benchmarks is empty; pass e.g. --benchmarks aime24,math500")
+    for b in benchmarks:
+        if b.lower() in BENCHMARKS:
+            continue
+        path = pathlib.Path(b).expanduser()
+        if path.suffix.lower() in (".json", ".jsonl"):
+            if not path.is_file():
+                parser.error(f"benchmark file {path} does not exist")
+            continue
+        parser.error(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)} or give a .json/.jsonl path")
+    for flag, value, low in (("--n", args.n, 1), ("--max_new_tokens", args.max_new_tokens, 1), ("--batch_size", args.batch_size, 1)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    return benchmarks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    benchmarks = _check_args(parser, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import jax.numpy as jnp
+
+    from capojax.models import load_pretrained
+    from capojax.tokenizer import load_tokenizer, special_token_ids
+
+    ckpt = pathlib.Path(args.checkpoint).expanduser()
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    # Fail on bad data paths before the (slow) model load.
+    from capojax.data.benchmarks import load_benchmark
+
+    for b in benchmarks:
+        try:
+            load_benchmark(b, limit=1, data_dir=args.data_dir)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+    t0 = time.perf_counter()
+    model, config = load_pretrained(ckpt, dtype=dtype)
+    tokenizer = load_tokenizer(args.tokenizer or ckpt)
+    logger.info("loaded %s (%s) in %.1fs", ckpt, config.model_type, time.perf_counter() - t0)
+    # generation_config.json / config.json EOS ids, plus ChatML's end of turn (the prompts are ChatML).
+    stop_ids = _stop_ids(tokenizer, config, extra=special_token_ids(tokenizer, ckpt).eos_ids)
+    out = pathlib.Path(args.out).expanduser()
+    results = evaluate(
+        model, tokenizer, benchmarks, limit=args.limit, out_dir=out, data_dir=args.data_dir,
+        n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed, stop_ids=stop_ids,
+        batch_size=args.batch_size, grade_workers=args.grade_workers, grade_timeout=args.grade_timeout,
+        progress=not args.no_progress,
+    )
+    n = args.n
+    keys = [f"mean@{n}", f"pass@{n}", f"majority@{n}", f"perplexity_consistency@{n}", "ppl/auc_mean", "ppl/auroc",
+            "ppl/ece", "ppl/pce", "ppl/brier"]
+    print("benchmark".ljust(14) + "".join(k.rjust(max(12, len(k) + 2)) for k in keys))
+    for name, s in results.items():
+        print(name.ljust(14) + "".join(f"{s.get(k, float('nan')):.4f}".rjust(max(12, len(k) + 2)) for k in keys))
+    print(f"outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
