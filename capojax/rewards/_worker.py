@@ -25,9 +25,9 @@ def main(argv: list[str]) -> int:
 
     from capojax.rewards import grading
 
-    # Import math-verify/sympy and run one grade (the first parse builds the LaTeX parser, ~1 s) before
-    # saying ready, so task deadlines measure grading, not startup.
-    grading.grade_in_process("\\boxed{\\frac{1}{2}}", ("0.5",), 60.0)
+    # Import math-verify/sympy and build the LaTeX parser before saying ready, so task deadlines (soft and
+    # the parent's hard one) measure grading, not startup.
+    grading._warm_up()
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
     results.send("ready")

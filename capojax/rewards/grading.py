@@ -83,12 +83,14 @@ class GradeResult:
     extracted: per response, the answer string that was graded (boxed content or fallback match), or None.
     timeouts: how many responses hit the deadline (soft timer or hard kill of a worker).
     crashes: how many responses crashed a worker process (counted wrong; the worker is replaced).
+    timed_out: per response, whether it hit the deadline (``sum(timed_out) == timeouts``).
     """
 
     correct: list[bool]
     extracted: list[str | None]
     timeouts: int
     crashes: int = 0
+    timed_out: list[bool] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,6 +198,13 @@ def _parse_answer(answer: str) -> tuple:
     return tuple(mv.parse("\\boxed{" + answer + "}", extraction_config=configs, parsing_timeout=None))
 
 
+@functools.lru_cache(maxsize=1)
+def _warm_up() -> None:
+    """Import math-verify/sympy and build the LaTeX parser once (seconds on a busy machine), outside any
+    deadline, so that cold start is never charged to (and never times out) the first real grade."""
+    _verify(_parse_answer("\\frac{1}{2}"), _parse_answer("0.5"))
+
+
 def _parse_tail(text: str) -> tuple:
     mv, configs = _mv()
     return tuple(mv.parse(text, extraction_config=configs, parsing_timeout=None))
@@ -240,6 +249,7 @@ def grade_in_process(
     response: str, golds: tuple[str, ...], timeout: float, require_boxed: bool = False
 ) -> tuple[bool, str | None, bool]:
     """Grade in this process under a soft deadline -> (correct, extracted, timed_out). Main thread only."""
+    _warm_up()
     try:
         with deadline(timeout):
             correct, extracted = _grade_unguarded(response, golds, require_boxed)
@@ -259,6 +269,7 @@ def grade_in_process(
 
 def equivalent_in_process(a: str, b: str, timeout: float) -> tuple[bool, bool]:
     """(equivalent, timed_out) under a soft deadline. Main thread only."""
+    _warm_up()
     try:
         with deadline(timeout):
             return _equivalent_unguarded(a, b), False
@@ -356,7 +367,10 @@ def grade_batch(
             raise RuntimeError("grade_batch(workers=0) grades in-process and needs the main thread; use workers>=1")
         out = [grade_in_process(r, g, timeout, require_boxed) for r, g in zip(responses, norm)]
         return GradeResult(
-            correct=[o[0] for o in out], extracted=[o[1] for o in out], timeouts=sum(o[2] for o in out)
+            correct=[o[0] for o in out],
+            extracted=[o[1] for o in out],
+            timeouts=sum(o[2] for o in out),
+            timed_out=[o[2] for o in out],
         )
     from capojax.rewards.pool import default_pool
 

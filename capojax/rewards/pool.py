@@ -222,19 +222,21 @@ class GraderPool:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         tasks = [("grade", r, tuple(g), float(timeout), bool(require_boxed)) for r, g in zip(responses, golds)]
         out = self._run(tasks, timeout)
-        correct, extracted, timeouts, crashes = [], [], 0, 0
+        correct, extracted, timed_out, crashes = [], [], [], 0
         for status, res in out:
             if status == "ok":
                 c, e, t = res
                 correct.append(bool(c))
                 extracted.append(e)
-                timeouts += bool(t)
+                timed_out.append(bool(t))
             else:
                 correct.append(False)
                 extracted.append(None)
-                timeouts += status == "timeout"
+                timed_out.append(status == "timeout")
                 crashes += status == "crash"
-        return GradeResult(correct=correct, extracted=extracted, timeouts=timeouts, crashes=crashes)
+        return GradeResult(
+            correct=correct, extracted=extracted, timeouts=sum(timed_out), crashes=crashes, timed_out=timed_out
+        )
 
     def equivalent(self, pairs: Sequence[tuple[str, str]], *, timeout: float) -> list[bool]:
         """``answers_equivalent`` for each pair, in the workers."""

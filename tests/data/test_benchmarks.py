@@ -160,17 +160,22 @@ def gold_check(problems: list[Problem], timeout: float = 10.0):
         golds.append(p.gold)
         tags.append(("perturbed", p.id, wrong))
     res = grade_batch(responses, golds, timeout=timeout, workers=2)
-    self_miss = sorted({pid for (kind, pid, _), c in zip(tags, res.correct) if kind == "self" and not c})
-    pert_miss = sorted({pid for (kind, pid, _), c in zip(tags, res.correct) if kind == "perturbed" and c})
-    return self_miss, pert_miss, res.timeouts
+    rows = list(zip(tags, res.correct, res.timed_out))
+    self_miss = sorted({pid for (kind, pid, _), c, _t in rows if kind == "self" and not c})
+    pert_miss = sorted({pid for (kind, pid, _), c, _t in rows if kind == "perturbed" and c})
+    # a perturbed answer that timed out is graded wrong, but the grader did not decide it: reported apart
+    pert_timeouts = sorted({pid for (kind, pid, _), _c, t in rows if kind == "perturbed" and t})
+    return self_miss, pert_miss, pert_timeouts
 
 
-def _check(key: str, problems: list[Problem], capsys=None):
-    self_miss, pert_miss, timeouts = gold_check(problems)
+def _check(key: str, problems: list[Problem]):
+    self_miss, pert_miss, pert_timeouts = gold_check(problems)
     n = len(problems)
+    decided = n - len(pert_miss) - len(pert_timeouts)
     line = (
-        f"{key}: n={n} self-correct {100 * (n - len(self_miss)) / n:.1f}% perturbed-wrong "
-        f"{100 * (n - len(pert_miss)) / n:.1f}% timeouts={timeouts} self-misses={self_miss} perturbed-misses={pert_miss}"
+        f"{key}: n={n} self-correct {100 * (n - len(self_miss)) / n:.1f}% | perturbed graded wrong "
+        f"{100 * (n - len(pert_miss)) / n:.1f}% (of which decided {100 * decided / n:.1f}%, timed out "
+        f"{pert_timeouts}) | self-misses={self_miss} perturbed-misses={pert_miss}"
     )
     print(line)
     assert set(self_miss) <= KNOWN_SELF_MISSES.get(key, set()), line
