@@ -1,0 +1,66 @@
+"""`python -m capojax.train --config=configs/NAME.py [--config.a.b=value ...] [--workdir=DIR]`
+
+Trains with the algorithm named by `config.algo.name` (grpo | drgrpo | gspo | capo | dcpo). Rerunning the same
+command on the same workdir resumes from its latest checkpoint. `--config.dry_run=True` prints the per-device
+memory plan of the configured model and mesh without loading weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/NAME.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, tensorboard). "
+                               "Default: runs/<config file name>.")
+
+
+def _maybe_init_distributed() -> None:
+    """Multi-host: with JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID set (or on a cluster JAX
+    auto-detects, signalled by CAPOJAX_DISTRIBUTED=1), join the job before any device is touched."""
+    import jax
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]), process_id=int(os.environ["JAX_PROCESS_ID"])
+        )
+    elif os.environ.get("CAPOJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.KEY=VALUE")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config=configs/NAME.py is required (see configs/ for the available files)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(flags.FLAGS["config"].config_filename).stem)
+    _maybe_init_distributed()
+
+    if config.dry_run:
+        from capojax.memory_plan import print_memory_plan
+
+        print_memory_plan(config)
+        return 0
+
+    from capojax.trainer.loop import Trainer
+
+    trainer = Trainer(config, workdir)
+    try:
+        final = trainer.run()
+    finally:
+        trainer.close()
+    keys = ("accuracy", "reward/mean", "auc_mean", "ece", "val/accuracy", "val/auc_mean", "val/ece")
+    summary = ", ".join(f"{k}={final[k]:.4f}" for k in keys if k in final and final[k] is not None)
+    print(f"done: {trainer.step} steps in {workdir}; last step: {summary}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

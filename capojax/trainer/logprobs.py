@@ -1,0 +1,69 @@
+"""Teacher-forced log-probs of completion tokens: the trainer's view of what the rollout engine sampled.
+
+Rows come from `batch.SequenceBatch`: the completion starts at the static column `prompt_len`, so the
+logits that score completion token `t` sit at column `prompt_len - 1 + t`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def completion_logprobs(
+    model: Any,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    positions: jax.Array,
+    *,
+    prompt_len: int,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """Log-prob and entropy of every completion position.
+
+    input_ids, attention_mask, positions: [N, P+T] -> (logp f32[N, T], entropy f32[N, T]).
+    Logits are divided by the sampling temperature so that, at ratio 1, these equal the sampler's log-probs.
+    """
+    hidden = model.hidden(input_ids, attention_mask=attention_mask, positions=positions)
+    hidden = hidden[:, prompt_len - 1 : -1]
+    logits = model.logits(hidden).astype(jnp.float32) / temperature
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    targets = input_ids[:, prompt_len:]
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = target_logits - log_z
+    probs = jax.nn.softmax(logits, axis=-1)
+    entropy = log_z - jnp.sum(probs * logits, axis=-1)
+    return logp, entropy
+
+
+def split_rows(x: jax.Array, micro_batches: int) -> jax.Array:
+    """[N, ...] -> [micro_batches, N / micro_batches, ...]."""
+    n = x.shape[0]
+    if n % micro_batches:
+        raise ValueError(f"{n} rows do not split into {micro_batches} micro-batches; pick a divisor")
+    return x.reshape(micro_batches, n // micro_batches, *x.shape[1:])
+
+
+def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, micro_batches: int = 1):
+    """A jitted pass `(state, input_ids, attention_mask, positions, prompt_len) -> (logp f32[N,T], entropy f32[N,T])`
+    with `prompt_len` static (it is bucketed, so few shapes compile).
+
+    The rows go through in `micro_batches` sequential chunks (lax.map) so that the [rows, T, V] logits of only
+    one chunk are alive at a time.
+    """
+
+    @functools.partial(jax.jit, static_argnames=("prompt_len",))
+    def logprob_fn(state, input_ids, attention_mask, positions, prompt_len: int):
+        def one_chunk(chunk):
+            model = nnx.merge(graphdef, state)
+            return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
+
+        chunks = tuple(split_rows(x, micro_batches) for x in (input_ids, attention_mask, positions))
+        logp, entropy = jax.lax.map(one_chunk, chunks)
+        return logp.reshape(input_ids.shape[0], -1), entropy.reshape(input_ids.shape[0], -1)
+
+    return logprob_fn

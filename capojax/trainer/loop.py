@@ -1,0 +1,488 @@
+"""The RL loop: one step is prompts -> rollouts -> rewards -> old/reference log-probs -> advantages -> PPO
+updates -> metrics -> checkpoint -> weight sync (see DESIGN.md). Every phase is timed (`timing/*`).
+
+The algorithm is data: `config.algo.name` picks an `AlgorithmSpec` from `capojax.objectives.ALGORITHMS`, whose
+advantage estimator and objective this loop calls without ever branching on the name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from capojax import checkpoint as ckpt_lib
+from capojax import metrics as metrics_lib
+from capojax import objectives
+from capojax.data import pipeline
+from capojax.models import load_pretrained, save_pretrained
+from capojax.rollout.base import RolloutEngine, SamplingParams
+from capojax.sharding import make_mesh
+from capojax.tokenizer import load_tokenizer, special_token_ids
+from capojax.trainer import batch as batch_lib
+from capojax.trainer.logger import MetricsLogger
+from capojax.trainer.logprobs import make_logprob_fn
+from capojax.trainer.optim import build_optimizer
+from capojax.trainer.scoring import score_rollout
+from capojax.trainer.update import make_update_fn
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _uses_reference(spec) -> bool:
+    """Whether the spec's advantage estimator reads the reference perplexity (CAPO's noise mask)."""
+    return "ref_high" in spec.advantage_hparams
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite updates in a row); the message says why."""
+
+
+def _dtype(name: str, key: str):
+    if name not in DTYPES:
+        raise ValueError(f"config.{key}={name!r} is not a dtype; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def validate_config(config) -> None:
+    """Catches inconsistent sizes before anything expensive happens."""
+    t, r = config.train, config.rollout
+    if t.prompts_per_step <= 0 or t.ppo_mini_batch <= 0:
+        raise ValueError("config.train.prompts_per_step and config.train.ppo_mini_batch must be positive")
+    if t.prompts_per_step % t.ppo_mini_batch:
+        raise ValueError(
+            f"config.train.prompts_per_step={t.prompts_per_step} is not a multiple of "
+            f"config.train.ppo_mini_batch={t.ppo_mini_batch}; each rollout batch must split into whole mini-batches"
+        )
+    rows = t.ppo_mini_batch * r.n
+    if t.micro_batch and rows % t.micro_batch:
+        raise ValueError(
+            f"config.train.micro_batch={t.micro_batch} does not divide a mini-batch of {rows} rows "
+            f"(ppo_mini_batch x rollout.n); pick a divisor"
+        )
+    if t.steps <= 0:
+        raise ValueError(f"config.train.steps must be positive, got {t.steps}")
+
+
+def _timer(timings: dict[str, float], name: str):
+    @contextlib.contextmanager
+    def timed():
+        start = time.perf_counter()
+        yield
+        timings[f"timing/{name}"] = timings.get(f"timing/{name}", 0.0) + time.perf_counter() - start
+
+    return timed()
+
+
+def _masked_mean(x: np.ndarray, mask: np.ndarray) -> float:
+    mask = np.asarray(mask, bool)
+    return float(np.asarray(x)[mask].mean()) if mask.any() else float("nan")
+
+
+def make_rollout_engine(config, model, special, *, mesh, checkpoint_dir: str) -> RolloutEngine:
+    """The engine named by `config.rollout.engine`."""
+    engine = config.rollout.engine
+    if engine == "jax":
+        from capojax.rollout.sampler import JaxRolloutEngine
+
+        return JaxRolloutEngine(model, pad_id=special.pad_id, eos_ids=special.eos_ids, mesh=mesh)
+    if engine == "vllm":
+        from capojax.rollout.vllm_engine import VLLMRolloutEngine
+
+        return VLLMRolloutEngine.from_config(config, model=model, checkpoint_dir=checkpoint_dir, eos_ids=special.eos_ids,
+                                             pad_id=special.pad_id)
+    raise ValueError(f"config.rollout.engine={engine!r} is not one of 'jax', 'vllm'")
+
+
+@dataclasses.dataclass
+class StepResult:
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+
+
+class Trainer:
+    """Owns the actor, the reference, the optimizer state, the data iterator and the rollout engine."""
+
+    def __init__(self, config, workdir: str):
+        validate_config(config)
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        self.spec = objectives.get_algorithm(config.algo.name)
+        t = config.train
+
+        self.mesh = make_mesh(int(config.mesh.fsdp), int(config.mesh.tp))
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
+        self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config=config)
+        self.model_path = ckpt_lib.resolve_model_path(config.model)
+        self.tokenizer = load_tokenizer(config.model.tokenizer_path or self.model_path)
+        self.special = special_token_ids(self.tokenizer, self.model_path)
+
+        param_dtype = _dtype(config.model.param_dtype, "model.param_dtype")
+        compute_dtype = _dtype(config.model.dtype, "model.dtype")
+        actor, self.model_config = load_pretrained(
+            self.model_path, dtype=param_dtype, compute_dtype=compute_dtype, mesh=self.mesh, remat=bool(config.model.remat)
+        )
+        self.graphdef, self.params = nnx.split(actor)
+        self.needs_reference = bool(config.algo.kl_coef) or _uses_reference(self.spec)
+        self.ref_params = None
+        if self.needs_reference:
+            ref_dtype = _dtype(config.model.ref_dtype, "model.ref_dtype")
+            ref, _ = load_pretrained(self.model_path, dtype=ref_dtype, compute_dtype=compute_dtype, mesh=self.mesh)
+            self.ref_graphdef, self.ref_params = nnx.split(ref)
+
+        self.data = pipeline.build_prompt_data(config.data, self.tokenizer)
+        if jax.process_index() == 0:
+            pipeline.write_manifest(self.data, os.path.join(self.workdir, "data_manifest.json"))
+        # Every process sees the same global batch: the rollout and the updates are SPMD programs over the
+        # global mesh, so their host inputs must agree (see DESIGN notes in train.py).
+        self.iterator = pipeline.make_iterator(
+            self.data, batch_size=int(t.prompts_per_step), seed=int(config.data.shuffle_seed), multihost=False
+        )
+
+        self.updates_per_step = int(t.ppo_epochs) * (int(t.prompts_per_step) // int(t.ppo_mini_batch))
+        self.optimizer = build_optimizer(config.optim, int(t.steps) * self.updates_per_step)
+        self.opt_state = self._init_opt_state()
+        self.rng = jax.random.key(int(t.seed))
+        self.step = 0
+
+        self._loss_overrides = self._pick(self.spec.loss_hparams, config.algo, {"agg": "loss_agg"})
+        self._adv_overrides = self._pick(self.spec.advantage_hparams, config.algo, {})
+        objective = self.spec.objective(**self._loss_overrides)
+        rows_per_update = int(t.ppo_mini_batch) * int(config.rollout.n)
+        micro_batches = rows_per_update // int(t.micro_batch) if t.micro_batch else 1
+        temperature = float(config.rollout.temperature) or 1.0
+        agg = self._loss_overrides.get("agg", self.spec.loss_hparams["agg"])
+        self.update_fn = make_update_fn(
+            self.graphdef, self.optimizer, objective, temperature=temperature, micro_batches=micro_batches,
+            weight_by_tokens=agg == "token-mean",
+        )
+        step_rows = int(t.prompts_per_step) * int(config.rollout.n)
+        self.logprob_fn = make_logprob_fn(
+            self.graphdef, temperature=temperature, micro_batches=step_rows // int(t.micro_batch) if t.micro_batch else 1
+        )
+        if self.needs_reference:
+            self.ref_logprob_fn = make_logprob_fn(
+                self.ref_graphdef, temperature=temperature,
+                micro_batches=step_rows // int(t.micro_batch) if t.micro_batch else 1,
+            )
+        self.advantage_fn = jax.jit(functools.partial(self.spec.advantages, **self._adv_overrides))
+
+        self.logger = MetricsLogger(self.workdir)
+        self._restore_if_any()
+        self.engine = make_rollout_engine(
+            config, nnx.merge(self.graphdef, self.params), self.special, mesh=self.mesh, checkpoint_dir=self.model_path
+        )
+        self._bad_in_a_row = 0
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _pick(defaults, algo_cfg, renames: dict[str, str]) -> dict[str, Any]:
+        """Config values for the spec's own hyper-parameters (an empty string keeps the spec's default)."""
+        out = {}
+        for key in defaults:
+            cfg_key = renames.get(key, key)
+            if cfg_key in algo_cfg and algo_cfg[cfg_key] not in ("", None):
+                out[key] = algo_cfg[cfg_key]
+        return out
+
+    def _init_opt_state(self):
+        param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
+        abstract = jax.eval_shape(self.optimizer.init, self.params)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        shardings = optax.tree_map_params(
+            self.optimizer,
+            lambda _, sharding: sharding,
+            abstract,
+            param_shardings,
+            transform_non_params=lambda _: replicated,
+        )
+        return jax.jit(self.optimizer.init, out_shardings=shardings)(self.params)
+
+    def _restore_if_any(self) -> None:
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return
+        restored = self.checkpointer.restore(params=self.params, opt_state=self.opt_state)
+        self.params, self.opt_state = restored.params, restored.opt_state
+        self.rng = jax.random.wrap_key_data(jnp.asarray(restored.rng, jnp.uint32))
+        self.iterator.set_state(restored.data_state)
+        self.step = restored.step
+        self.logger.truncate_after(self.step)
+        log.info("resumed from %s at step %d", self.checkpointer.directory, self.step)
+
+    # ------------------------------------------------------------------------------------------ one step
+
+    def _put(self, x: np.ndarray) -> jax.Array:
+        return jax.device_put(x, self.batch_sharding)
+
+    def sampling_params(self, step: int, *, n: int, temperature: float) -> SamplingParams:
+        r = self.config.rollout
+        seed = int(jax.random.randint(jax.random.fold_in(self.rng, step), (), 0, 2**31 - 1))
+        return SamplingParams(
+            n=n, max_new_tokens=int(r.max_new_tokens), temperature=temperature, top_p=float(r.top_p),
+            top_k=int(r.top_k), stop_token_ids=tuple(self.special.eos_ids), seed=seed,
+        )
+
+    def train_step(self) -> StepResult:
+        config, t = self.config, self.config.train
+        step = self.step + 1
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        prompts = next(self.iterator)
+        G = int(config.rollout.n)
+        B = len(prompts)
+
+        with _timer(timings, "rollout"):
+            rollout = self.engine.generate(
+                prompts.prompt_ids, self.sampling_params(step, n=G, temperature=float(config.rollout.temperature))
+            )
+        seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
+        T = seq.response_mask.shape[1]
+        with _timer(timings, "reward"):
+            scores = score_rollout(
+                rollout, prompts.answers, self.tokenizer, timeout=float(config.reward.timeout),
+                workers=int(config.reward.workers) or None, with_confidence=config.data.template == "dcpo", length=T,
+            )
+        correct = scores.correct
+
+        arrays = {k: self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions", "response_mask")}
+        with _timer(timings, "old_logp"):
+            old_logp, entropy = self.logprob_fn(
+                self.params, arrays["input_ids"], arrays["attention_mask"], arrays["positions"], prompt_len=seq.prompt_len
+            )
+            old_logp = jax.block_until_ready(old_logp)
+        ref_logp = None
+        if self.needs_reference:
+            with _timer(timings, "ref_logp"):
+                ref_logp, _ = self.ref_logprob_fn(
+                    self.ref_params, arrays["input_ids"], arrays["attention_mask"], arrays["positions"],
+                    prompt_len=seq.prompt_len,
+                )
+                ref_logp = jax.block_until_ready(ref_logp)
+
+        with _timer(timings, "advantage"):
+            mask3 = arrays["response_mask"].reshape(B, G, T)
+            lpm = objectives.lpm(old_logp.reshape(B, G, T), mask3)
+            ref_ppl = jnp.exp(-objectives.lpm(ref_logp.reshape(B, G, T), mask3)) if ref_logp is not None else None
+            inputs = objectives.AdvantageInputs(
+                rewards=jnp.asarray(correct.reshape(B, G), jnp.float32),
+                response_mask=mask3,
+                correct=jnp.asarray(correct.reshape(B, G)),
+                lpm=lpm,
+                ref_ppl=ref_ppl,
+                confidence=jnp.asarray(scores.confidence.reshape(B, G)),
+                confidence_mask=jnp.asarray(scores.confidence_mask.reshape(B, G, T)),
+            )
+            advantages = self.advantage_fn(inputs).reshape(B * G, T)
+            advantages = jax.block_until_ready(jax.device_put(advantages, self.batch_sharding))
+
+        rows = {**arrays, "old_logp": old_logp, "advantages": advantages}
+        if ref_logp is not None:
+            rows["ref_logp"] = ref_logp
+        with _timer(timings, "update"):
+            update_metrics = self._ppo_updates(rows, step)
+
+        with _timer(timings, "sync"):
+            sync_metrics = self.engine.update_weights(self.params) or {}
+        # The engine's own timing (if it reports one) is more precise than the wall clock around it.
+        timings["timing/sync"] = float(sync_metrics.pop("timing/sync", timings["timing/sync"]))
+
+        timings["timing/step"] = time.perf_counter() - start
+        metrics = self._step_metrics(
+            B, G, rollout, seq, scores, np.asarray(old_logp), np.asarray(entropy), np.asarray(lpm),
+            None if ref_ppl is None else np.asarray(ref_ppl), np.asarray(advantages), timings,
+        )
+        metrics.update(update_metrics)
+        metrics.update(sync_metrics)
+        self.step = step
+        return StepResult(metrics, self._text_samples(prompts, rollout, scores))
+
+    def _ppo_updates(self, rows: dict[str, jax.Array], step: int) -> dict[str, float]:
+        t = self.config.train
+        n_rows = rows["input_ids"].shape[0]
+        per_update = int(t.ppo_mini_batch) * int(self.config.rollout.n)
+        gen = np.random.default_rng([int(t.seed), step])
+        collected: list[dict[str, Any]] = []
+        host_rows = {k: np.asarray(v) for k, v in rows.items()}
+        for _ in range(int(t.ppo_epochs)):
+            order = gen.permutation(n_rows)
+            for first in range(0, n_rows, per_update):
+                index = order[first : first + per_update]
+                minibatch = {k: self._put(v[index]) for k, v in host_rows.items()}
+                self.params, self.opt_state, m = self.update_fn(self.params, self.opt_state, minibatch)
+                collected.append(m)
+        collected = jax.device_get(collected)
+        skipped = sum(float(m["update/skipped"]) for m in collected)
+        self._bad_in_a_row = self._bad_in_a_row + 1 if skipped else 0
+        out = {k: float(np.mean([m[k] for m in collected])) for k in collected[0] if k != "update/skipped"}
+        out["update/skipped"] = skipped
+        out["update/count"] = float(len(collected))
+        out["lr"] = float(self._current_lr())
+        if self._bad_in_a_row >= int(t.max_bad_steps):
+            raise TrainingError(
+                f"{self._bad_in_a_row} steps in a row had a non-finite loss or gradient (the updates were skipped, "
+                f"parameters untouched); stopping at step {step}. Lower config.optim.lr, check config.model.dtype, or "
+                f"raise config.train.max_bad_steps. The last good checkpoint is in {self.checkpointer.directory}."
+            )
+        return out
+
+    def _current_lr(self) -> float:
+        for state in jax.tree.leaves(self.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState)):
+            if isinstance(state, optax.ScaleByScheduleState):
+                from capojax.trainer.optim import build_schedule
+
+                return build_schedule(self.config.optim, 1)(int(state.count))
+        return float(self.config.optim.lr)
+
+    def _step_metrics(self, B, G, rollout, seq, scores, old_logp, entropy, lpm, ref_ppl, advantages, timings):
+        correct = scores.correct.reshape(B, G)
+        mask = seq.response_mask
+        lpm = lpm.reshape(B, G)
+        conf = np.exp(lpm)
+        tokens = int(mask.sum())
+        gap = np.abs(old_logp - seq.sampler_logp)[mask]
+        group_std = correct.astype(np.float32).std(axis=1)
+        m: dict[str, float] = {
+            "reward/mean": float(correct.mean()),
+            "accuracy": float(correct.mean()),
+            "auc_mean": float(metrics_lib.auc_mean(lpm, correct)),
+            "auroc": float(metrics_lib.auroc(lpm.ravel(), correct.ravel())),
+            "ece": float(metrics_lib.ece(conf, correct)),
+            "brier": float(metrics_lib.brier(conf, correct)),
+            "lpm/correct": _masked_mean(lpm, correct),
+            "lpm/wrong": _masked_mean(lpm, ~correct),
+            "entropy": _masked_mean(entropy, mask),
+            "response_len/mean": float(rollout.lengths.mean()),
+            "response_len/max": float(rollout.lengths.max()),
+            "response/finished_frac": float(rollout.finished.mean()),
+            "frac_zero_std": float((group_std == 0).mean()),
+            "adv/abs_mean": _masked_mean(np.abs(advantages), mask),
+            "adv/max": float(advantages[mask].max()) if mask.any() else float("nan"),
+            "adv/min": float(advantages[mask].min()) if mask.any() else float("nan"),
+            "sampler/logp_gap_max": float(gap.max()) if gap.size else 0.0,
+            "sampler/logp_gap_mean": float(gap.mean()) if gap.size else 0.0,
+            "reward/grader_timeouts": float(scores.timeouts),
+            "reward/grader_crashes": float(scores.crashes),
+            "tokens_per_s": tokens / max(timings["timing/step"], 1e-9),
+            "tokens": float(tokens),
+            **timings,
+        }
+        if ref_ppl is not None:
+            m["ref_ppl/mean"] = float(np.mean(ref_ppl))
+        stated = scores.confidence.reshape(B, G)
+        if np.isfinite(stated).any():
+            m["confidence/parsed_frac"] = float(np.isfinite(stated).mean())
+            m["confidence/mean"] = float(np.nanmean(stated))
+            m["confidence/ece"] = float(metrics_lib.ece(np.nan_to_num(stated), correct, np.isfinite(stated)))
+        return m
+
+    def _text_samples(self, prompts, rollout, scores) -> list[dict[str, Any]]:
+        k = int(self.config.log.num_text_samples)
+        out = []
+        for row in range(min(k, rollout.num_rows)):
+            p = int(rollout.prompt_index[row])
+            out.append({
+                "problem": prompts.problems[p], "gold": str(prompts.answers[p]), "response": scores.texts[row],
+                "extracted": scores.extracted[row], "correct": bool(scores.correct[row]),
+                "reward": float(scores.correct[row]),
+            })
+        return out
+
+    # ------------------------------------------------------------------------------------------ validation
+
+    def validate(self) -> dict[str, float]:
+        """Samples `rollout.val_n` completions per held-out prompt; accuracy and calibration of exp(lpm)."""
+        config = self.config
+        val = self.data.val
+        if not val:
+            return {}
+        n = int(config.rollout.val_n)
+        metrics: dict[str, list[float]] = {}
+        chunk = int(config.train.prompts_per_step)
+        correct_all, lpm_all, conf_all = [], [], []
+        start = time.perf_counter()
+        for first in range(0, len(val), chunk):
+            part = pipeline.to_batch(val[first : first + chunk])
+            params = self.sampling_params(10**6 + first, n=n, temperature=float(config.rollout.val_temperature))
+            rollout = self.engine.generate(part.prompt_ids, params)
+            scores = score_rollout(
+                rollout, part.answers, self.tokenizer, timeout=float(config.reward.timeout),
+                workers=int(config.reward.workers) or None, with_confidence=config.data.template == "dcpo",
+            )
+            # Sampler log-probs are the policy's own at temperature 1 (what exp(lpm) calibration is about).
+            lengths = np.maximum(rollout.lengths, 1)
+            lpm = (rollout.logprobs * rollout.mask).sum(1) / lengths
+            correct_all.append(scores.correct.reshape(len(part), n))
+            lpm_all.append(lpm.reshape(len(part), n))
+            conf_all.append(scores.confidence.reshape(len(part), n))
+        correct = np.concatenate(correct_all)
+        lpm = np.concatenate(lpm_all)
+        out = {f"val/{k}": v for k, v in metrics_lib.calibration_summary(np.exp(lpm), correct).items()}
+        stated = np.concatenate(conf_all)
+        if np.isfinite(stated).any():
+            out.update({f"val/stated/{k}": v for k, v in metrics_lib.calibration_summary(stated, correct).items()})
+        out["timing/validation"] = time.perf_counter() - start
+        return out
+
+    # ------------------------------------------------------------------------------------------ the run
+
+    def save(self, *, force: bool = False) -> None:
+        self.checkpointer.save(
+            self.step, params=self.params, opt_state=self.opt_state, rng=self.rng,
+            data_state=self.iterator.get_state(), force=force,
+        )
+
+    def run(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        total = int(config.train.steps)
+        last: dict[str, float] = {}
+        bar = tqdm(total=total, initial=self.step, desc=f"{config.algo.name}", unit="step",
+                   disable=jax.process_index() != 0, dynamic_ncols=True)
+        try:
+            if self.step == 0 and config.log.val_every:
+                self.logger.scalars(0, self.validate())
+            while self.step < total:
+                result = self.train_step()
+                last = result.metrics
+                if config.log.val_every and self.step % int(config.log.val_every) == 0:
+                    last.update(self.validate())
+                if self.step % max(1, int(config.log.every)) == 0 or self.step == total:
+                    self.logger.scalars(self.step, last)
+                    self.logger.samples(self.step, result.samples)
+                self.save(force=self.step == total)
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.3f}",
+                                auc=f"{last['auc_mean']:.2f}", s=f"{last['timing/step']:.1f}")
+        finally:
+            bar.close()
+            self.checkpointer.close()
+            self.logger.close()
+        if config.checkpoint.export_hf and jax.process_index() == 0:
+            out = os.path.join(self.workdir, "hf")
+            save_pretrained(nnx.merge(self.graphdef, self.params), self.model_config, out)
+            self._copy_tokenizer(out)
+        return last
+
+    def _copy_tokenizer(self, out: str) -> None:
+        self.tokenizer.save_pretrained(out)
+
+    def close(self) -> None:
+        self.engine.close()
+

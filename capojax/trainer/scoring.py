@@ -1,0 +1,63 @@
+"""From sampled token ids to rewards: decode, grade with math-verify in worker processes, and read the
+DCPO confidence line and its token span.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from capojax.rewards import confidence_token_mask, grade_batch, parse_confidences
+from capojax.rollout.base import Rollout
+
+
+@dataclasses.dataclass
+class Scores:
+    """Per row (N = B * G, prompt-major).
+
+    texts: decoded completions; correct bool[N]; extracted answers; confidence f32[N] (NaN = none stated);
+    confidence_mask bool[N, T] over completion tokens (all False without a confidence line); timeouts: count.
+    """
+
+    texts: list[str]
+    correct: np.ndarray
+    extracted: list[str | None]
+    confidence: np.ndarray
+    confidence_mask: np.ndarray
+    timeouts: int
+    crashes: int
+
+
+def score_rollout(
+    rollout: Rollout,
+    golds: Sequence[Any],
+    tokenizer,
+    *,
+    timeout: float,
+    workers: int | None,
+    with_confidence: bool,
+    length: int | None = None,
+) -> Scores:
+    """`golds[i]` is the gold answer of prompt i; `length` pads the confidence mask to the trainer's T."""
+    rows = [rollout.tokens[r, : rollout.lengths[r]].tolist() for r in range(rollout.num_rows)]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    row_golds = [golds[int(i)] for i in rollout.prompt_index]
+    result = grade_batch(texts, row_golds, timeout=timeout, workers=workers)
+    T = rollout.tokens.shape[1] if length is None else length
+    if with_confidence:
+        confidence = np.asarray(parse_confidences(texts), np.float32)
+        confidence_mask = np.stack([confidence_token_mask(ids, tokenizer, length=T) for ids in rows])
+    else:
+        confidence = np.full(len(rows), np.nan, np.float32)
+        confidence_mask = np.zeros((len(rows), T), bool)
+    return Scores(
+        texts=texts,
+        correct=np.asarray(result.correct, bool),
+        extracted=list(result.extracted),
+        confidence=confidence,
+        confidence_mask=confidence_mask,
+        timeouts=int(result.timeouts),
+        crashes=int(result.crashes),
+    )

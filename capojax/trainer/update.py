@@ -1,0 +1,89 @@
+"""One PPO update on a mini-batch: gradient accumulation over micro-batches, clipping, a guard against
+non-finite values, and the optax step. Pure and jitted; the objective is injected, so this module knows
+nothing about which algorithm is trained.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from capojax.trainer.logprobs import completion_logprobs, split_rows
+
+# objective(logp f32[n,T], entropy f32[n,T], minibatch dict) -> (loss scalar, metrics dict of scalars)
+Objective = Callable[[jax.Array, jax.Array, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _tree_where(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_update_fn(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    objective: Objective,
+    *,
+    temperature: float,
+    micro_batches: int = 1,
+    weight_by_tokens: bool = False,
+):
+    """Returns jitted `update(params, opt_state, minibatch, prompt_len) -> (params, opt_state, metrics)`.
+
+    minibatch: dict of arrays with leading dim n (rows): input_ids/attention_mask/positions i32|bool[n, P+T],
+    response_mask bool[n,T], old_logp f32[n,T], ref_logp f32[n,T], advantages f32[n,T].
+
+    The loss of the whole mini-batch is `sum_k w_k loss_k` over its micro-batches: equal weights `1/K`, exact
+    for the sequence-mean aggregations, or (`weight_by_tokens`) each micro-batch's share of the response tokens,
+    exact for token-mean. Either way the accumulated gradient equals the one-shot gradient of the mini-batch. A non-finite loss or gradient leaves params and optimizer state untouched and
+    reports `update/skipped = 1`.
+    """
+
+    def micro_loss(params, micro):
+        model = nnx.merge(graphdef, params)
+        logp, entropy = completion_logprobs(
+            model,
+            micro["input_ids"],
+            micro["attention_mask"],
+            micro["positions"],
+            prompt_len=micro["input_ids"].shape[1] - micro["response_mask"].shape[1],
+            temperature=temperature,
+        )
+        return objective(logp, entropy, micro)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def update(params, opt_state, minibatch):
+        micros = jax.tree.map(lambda x: split_rows(x, micro_batches), minibatch)
+        if weight_by_tokens:
+            tokens = micros["response_mask"].sum(axis=tuple(range(1, micros["response_mask"].ndim)))
+            weights = tokens / jnp.maximum(tokens.sum(), 1)
+        else:
+            weights = jnp.full((micro_batches,), 1.0 / micro_batches)
+
+        def accumulate(grads, inputs):
+            micro, weight = inputs
+            (loss, metrics), g = grad_fn(params, micro)
+            grads = jax.tree.map(lambda acc, x: acc + weight * x, grads, g)
+            return grads, (loss * weight, jax.tree.map(lambda m: m * weight, metrics))
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, (micros, weights))
+        loss = losses.sum()
+        metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        updates, new_opt_state = optimizer.update(safe_grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        params = _tree_where(finite, new_params, params)
+        opt_state = _tree_where(finite, new_opt_state, opt_state)
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, **{"update/skipped": 1.0 - finite})
+        return params, opt_state, metrics
+
+    return update
