@@ -90,13 +90,15 @@ def completion_lpm(
     pad_id: int,
     rows_per_batch: int = 8,
     time_chunk: int = 128,
+    mesh: Any = None,
 ) -> np.ndarray:
     """Mean token log-prob of each completion under `model` at temperature 1 (teacher forced) -> f32[N].
 
     prompts: the B prompt token lists; completions i32[N,T] right-padded; lengths i32[N] real tokens per row;
     prompt_index i32[N] the prompt of each row. A row with no tokens gets NaN.
     Shapes are bucketed (prompt length to a power of two, rows to `rows_per_batch`, T to a multiple of
-    `time_chunk`) so an evaluation compiles a handful of times.
+    `time_chunk`) so an evaluation compiles a handful of times. With a `mesh`, rows are split over "fsdp"
+    (`rows_per_batch` is rounded up to a multiple of its size).
     """
     import jax
     from flax import nnx
@@ -110,6 +112,13 @@ def completion_lpm(
     if n_rows == 0:
         return out
     graphdef, state = nnx.split(model)
+    put = lambda x: x  # noqa: E731
+    if mesh is not None:
+        from capojax.sharding import batch_sharding
+
+        fsdp = int(mesh.shape["fsdp"])
+        rows_per_batch = -(-rows_per_batch // fsdp) * fsdp
+        put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
     chunk = min(time_chunk, bucket(max(t_len, 1)))
     t_pad = -(-t_len // chunk) * chunk
     p_len = bucket(max(len(p) for p in prompts), 16)
@@ -123,7 +132,7 @@ def completion_lpm(
         cmask = np.arange(t_pad)[None, :] < lengths[r_pad][:, None]
         tokens = np.concatenate([ptoks, np.where(cmask, ctoks, pad_id)], axis=1)
         mask = np.concatenate([pmask, cmask], axis=1)
-        logp = np.asarray(jax.device_get(fn(state, tokens, mask)), np.float64)
+        logp = np.asarray(jax.device_get(fn(state, put(tokens), put(mask))), np.float64)
         total = np.where(cmask, logp, 0.0).sum(axis=1)
         count = cmask.sum(axis=1)
         lpm = np.where(count > 0, total / np.maximum(count, 1), np.nan)
@@ -206,6 +215,7 @@ def evaluate_problems(
     template: str = "qwen-math",
     seed: int = 0,
     engine: Any = None,
+    mesh: Any = None,
     stop_ids: Sequence[int] | None = None,
     batch_size: int = 8,
     lpm_rows_per_batch: int = 8,
@@ -219,7 +229,8 @@ def evaluate_problems(
 
     model: a `capojax.models.Qwen` (used for the temperature-1 log-probs, and for sampling unless `engine` is given).
     engine: any `RolloutEngine` already holding the model's weights (e.g. the trainer's vLLM sidecar); default a
-    `JaxRolloutEngine` on `model`. stop_ids: token ids that end a completion (default: tokenizer/ChatML EOS).
+    `JaxRolloutEngine` on `model`. mesh: rows of the sampler and of the lpm pass split over its "fsdp" axis.
+    stop_ids: token ids that end a completion (default: tokenizer/ChatML EOS).
     batch_size: problems per `generate` call (rows = batch_size * n).
     """
     from tqdm.auto import tqdm
@@ -238,7 +249,7 @@ def evaluate_problems(
     if engine is None:
         from capojax.rollout.sampler import JaxRolloutEngine
 
-        engine = JaxRolloutEngine(model, pad_id=pad_id, eos_ids=stop_ids)
+        engine = JaxRolloutEngine(model, pad_id=pad_id, eos_ids=stop_ids, mesh=mesh)
 
     kwargs = dict(chat_template_kwargs or {})
     prompts = [
@@ -275,7 +286,7 @@ def evaluate_problems(
     prompt_index = np.repeat(np.arange(num), n)
     t0 = time.perf_counter()
     lpm = completion_lpm(
-        model, prompts, tokens, lengths, prompt_index, pad_id=pad_id, rows_per_batch=lpm_rows_per_batch
+        model, prompts, tokens, lengths, prompt_index, pad_id=pad_id, rows_per_batch=lpm_rows_per_batch, mesh=mesh
     )
     t_lpm = time.perf_counter() - t0
     token_mask = np.arange(max_new_tokens)[None, :] < lengths[:, None]
@@ -294,6 +305,7 @@ def evaluate_problems(
     confidence = parse_confidences(responses)
 
     correct = np.asarray(graded.correct, bool).reshape(num, n)
+    timed_out = list(getattr(graded, "timed_out", None) or [False] * (num * n))
     extracted = [graded.extracted[b * n : (b + 1) * n] for b in range(num)]
     lpm2, conf2 = lpm.reshape(num, n), confidence.reshape(num, n)
     t0 = time.perf_counter()
@@ -330,6 +342,7 @@ def evaluate_problems(
             "mean_response_tokens": float(lengths.mean()),
             "truncated_rate": float(np.mean(~finished)),
             "grade_timeouts": int(graded.timeouts),
+            "grade_crashes": int(getattr(graded, "crashes", 0)),
             "timing/sample_s": t_sample,
             "timing/lpm_s": t_lpm,
             "timing/grade_s": t_grade,
@@ -348,6 +361,7 @@ def evaluate_problems(
                 "response": responses[row],
                 "extracted": graded.extracted[row],
                 "correct": bool(correct[b, j]),
+                "grade_timed_out": bool(timed_out[row]),
                 "lpm": _finite_or_none(lpm[row]),
                 "sampler_lpm": _finite_or_none(sampler_lpm[row]),
                 "confidence": _finite_or_none(confidence[row]),
@@ -477,6 +491,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=8, help="problems per sampler call (rows = batch_size * n)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    p.add_argument("--fsdp", type=int, default=1, help="mesh fsdp size (-1: all devices); 1 with --tp 1 = one device")
+    p.add_argument("--tp", type=int, default=1, help="mesh tensor-parallel size")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint folder)")
     p.add_argument("--data_dir", default=None, help="folder holding eval/ (default $CAPOJAX_DATA_DIR or ../shared/data)")
     p.add_argument("--grade_workers", type=int, default=None, help="grading processes (0 = in this process)")
@@ -542,8 +558,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_benchmark(b, limit=1, data_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as e:
             parser.error(str(e))
+    mesh = None
+    if args.fsdp != 1 or args.tp != 1:
+        from capojax.sharding import make_mesh
+
+        try:
+            mesh = make_mesh(args.fsdp, args.tp)
+        except ValueError as e:
+            parser.error(f"--fsdp/--tp: {e}")
     t0 = time.perf_counter()
-    model, config = load_pretrained(ckpt, dtype=dtype)
+    model, config = load_pretrained(ckpt, dtype=dtype, mesh=mesh)
     tokenizer = load_tokenizer(args.tokenizer or ckpt)
     logger.info("loaded %s (%s) in %.1fs", ckpt, config.model_type, time.perf_counter() - t0)
     # generation_config.json / config.json EOS ids, plus ChatML's end of turn (the prompts are ChatML).
@@ -552,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = evaluate(
         model, tokenizer, benchmarks, limit=args.limit, out_dir=out, data_dir=args.data_dir,
         n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed, stop_ids=stop_ids,
+        max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed, stop_ids=stop_ids, mesh=mesh,
         batch_size=args.batch_size, grade_workers=args.grade_workers, grade_timeout=args.grade_timeout,
         progress=not args.no_progress,
     )

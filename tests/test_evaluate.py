@@ -37,6 +37,16 @@ def tiny_checkpoint(tmp_path_factory, qwen_tokenizer_dir):
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    """(model, tokenizer) loaded back from the checkpoint folder, as the CLI does."""
+    from capojax.models import load_pretrained
+    from capojax.tokenizer import load_tokenizer
+
+    model, _ = load_pretrained(tiny_checkpoint)
+    return model, load_tokenizer(tiny_checkpoint)
+
+
 def _run_cli(*args, timeout=300):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -136,14 +146,11 @@ class ScriptedEngine:
         pass
 
 
-def test_dcpo_view_and_voting_on_scripted_answers(qwen_tokenizer_dir, tmp_path):
+def test_dcpo_view_and_voting_on_scripted_answers(tiny_model, tmp_path):
     from capojax.data.benchmarks import Problem
     from capojax.evaluate import evaluate_problems, write_outputs
-    from capojax.models import init_model
-    from capojax.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(qwen_tokenizer_dir)
-    model = init_model(_tiny_config(), seed=1)
+    model, tokenizer = tiny_model
     problems = [Problem("p0", "What is 1/2 + 0?", ("1/2",)), Problem("p1", "What is 2 + 5?", ("7",))]
     texts = [
         # p0: the right answer twice in two notations, confidently; a wrong one once, unsure.
@@ -182,20 +189,21 @@ def test_dcpo_view_and_voting_on_scripted_answers(qwen_tokenizer_dir, tmp_path):
     assert json.loads((folder / "summary.json").read_text())["dcpo/auroc"] == 1.0
 
 
-def test_teacher_forced_lpm_equals_sampler_logprobs_at_temperature_one(qwen_tokenizer_dir):
+def test_teacher_forced_lpm_equals_sampler_logprobs_at_temperature_one(tiny_checkpoint, tiny_model):
     """At T=1 without top-p the sampling distribution is the model's, so the recomputed lpm must match the
-    sampler's own log-probs (whole-model float32 tolerance)."""
+    sampler's own log-probs (whole-model float32 tolerance). Run sharded: rows over a 2-way "fsdp" mesh."""
     from capojax.data.benchmarks import Problem
     from capojax.evaluate import evaluate_problems
-    from capojax.models import init_model
-    from capojax.tokenizer import load_tokenizer
+    from capojax.models import load_pretrained
+    from capojax.sharding import make_mesh
 
-    tokenizer = load_tokenizer(qwen_tokenizer_dir)
-    model = init_model(_tiny_config(), seed=2)
+    mesh = make_mesh(2, 1)
+    model, _ = load_pretrained(tiny_checkpoint, mesh=mesh)
+    tokenizer = tiny_model[1]
     problems = [Problem("a", "Compute 3 + 4.", ("7",)), Problem("b", "A much longer problem statement " * 3, ("1",))]
     result = evaluate_problems(
         model, tokenizer, problems, n=2, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_size=2,
-        grade_workers=0, progress=False,
+        grade_workers=0, progress=False, mesh=mesh, lpm_rows_per_batch=3,  # rounded up to 4 rows for the mesh
     )
     got = np.array([r["lpm"] for r in result.records])
     ref = np.array([r["sampler_lpm"] for r in result.records])
