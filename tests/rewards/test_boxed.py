@@ -58,3 +58,17 @@ def test_adversarial_inputs_are_linear(text):
     t0 = time.perf_counter()
     extract_boxed(text)
     assert time.perf_counter() - t0 < 10.0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_plain = st.text(alphabet=st.characters(blacklist_characters="{}\\$", blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=100, deadline=None)
+@given(prefix=_plain, inner=_plain, suffix=_plain, nest=st.integers(0, 5))
+def test_property_last_box_content_round_trips(prefix, inner, suffix, nest):
+    content = "{" * nest + inner + "}" * nest
+    text = prefix + r"\boxed{0} " + prefix + r"\boxed{" + content + "}" + suffix
+    assert extract_boxed(text) == content.strip()

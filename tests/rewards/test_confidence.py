@@ -146,3 +146,16 @@ def test_confidence_mask_with_sampled_non_canonical_and_split_utf8(qwen_tok):
 def test_confidence_mask_rejects_short_length(qwen_tok):
     with pytest.raises(ValueError, match="shorter"):
         confidence_token_mask([1, 2, 3], qwen_tok, length=2)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=st.floats(-10, 10, allow_nan=False), percent=st.booleans(), body=st.text(max_size=50))
+def test_property_parsed_value_is_the_clipped_number(x, percent, body):
+    shown = f"{x * 100:.4f}%" if percent else f"{x:.6f}"
+    value = parse_confidence(body + "\nCONFIDENCE: " + shown)
+    expected = min(1.0, max(0.0, float(shown[:-1]) / 100 if percent else float(shown)))
+    assert value == pytest.approx(expected, abs=1e-12)
