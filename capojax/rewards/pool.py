@@ -140,74 +140,85 @@ class GraderPool:
         hard = hard_deadline(timeout)
         with self._lock:
             self._ensure_workers()
-            while pending or any(w.task is not None for w in self._workers):
-                now = time.monotonic()
-                # dispatch to idle ready workers
-                for w in list(self._workers):
-                    if w.ready and w.task is None and pending:
-                        i = pending.popleft()
-                        try:
-                            w.send_conn.send(tasks[i])
-                        except OSError:  # died while idle: replace, retry the task elsewhere
-                            pending.appendleft(i)
-                            self._replace(w)
-                            continue
-                        w.task, w.deadline = i, time.monotonic() + hard
-                # wait for answers, ready signals or the nearest deadline
-                waiting = [w for w in self._workers if w.task is not None or not w.ready]
-                deadlines = [w.deadline if w.ready else w.started + _STARTUP_TIMEOUT for w in waiting]
-                wait_for = max(0.0, min(deadlines) - now) if deadlines else 0.0
-                ready_conns = wait([w.recv_conn for w in waiting], timeout=wait_for)
-                by_conn = {id(w.recv_conn): w for w in waiting}
-                for conn in ready_conns:
-                    w = by_conn[id(conn)]
-                    try:
-                        msg = conn.recv()
-                    except (EOFError, OSError):
-                        msg = None
-                    if msg is None:  # the worker died
-                        if w.task is not None:
-                            results[w.task] = ("crash", None)
-                            try:
-                                w.proc.wait(timeout=0.5)  # so the log shows its exit code / signal
-                            except subprocess.TimeoutExpired:
-                                pass
-                            logger.warning(
-                                "grader worker died on task %d (exit code %s); counted wrong, worker replaced",
-                                w.task,
-                                w.proc.poll(),
-                            )
-                        elif not w.ready:
-                            rc = w.proc.wait()
-                            self._workers.remove(w)
-                            w.close_conns()
-                            raise RuntimeError(
-                                f"grader worker failed to start (exit code {rc}); check that "
-                                f"`{sys.executable} -m capojax.rewards._worker` runs and math-verify is installed"
-                            )
-                        self._replace(w)
-                        continue
-                    if msg == "ready":
-                        w.ready = True
-                        continue
-                    results[w.task] = ("ok", msg)
-                    w.task = None
-                # enforce hard deadlines
-                now = time.monotonic()
-                for w in list(self._workers):
-                    if w.task is not None and now > w.deadline:
-                        results[w.task] = ("timeout", None)
-                        logger.warning(
-                            "grader worker busy past the hard deadline (%.1fs) on task %d; killed and replaced",
-                            hard,
-                            w.task,
-                        )
-                        self._replace(w)
-                    elif not w.ready and now > w.started + _STARTUP_TIMEOUT:
-                        self._workers.remove(w)
-                        w.kill()
-                        raise RuntimeError(f"grader worker did not start within {_STARTUP_TIMEOUT:.0f}s")
+            try:
+                self._loop(tasks, results, pending, hard)
+            except BaseException:
+                # (startup failure, KeyboardInterrupt, ...) a worker still busy would later deliver a stale
+                # answer into the next call: drop every busy worker before re-raising.
+                for w in [w for w in self._workers if w.task is not None]:
+                    self._workers.remove(w)
+                    w.kill()
+                raise
         return results  # type: ignore[return-value]
+
+    def _loop(self, tasks: list[tuple], results: list, pending: deque, hard: float) -> None:
+        while pending or any(w.task is not None for w in self._workers):
+            now = time.monotonic()
+            # dispatch to idle ready workers
+            for w in list(self._workers):
+                if w.ready and w.task is None and pending:
+                    i = pending.popleft()
+                    try:
+                        w.send_conn.send(tasks[i])
+                    except OSError:  # died while idle: replace, retry the task elsewhere
+                        pending.appendleft(i)
+                        self._replace(w)
+                        continue
+                    w.task, w.deadline = i, time.monotonic() + hard
+            # wait for answers, ready signals or the nearest deadline
+            waiting = [w for w in self._workers if w.task is not None or not w.ready]
+            deadlines = [w.deadline if w.ready else w.started + _STARTUP_TIMEOUT for w in waiting]
+            wait_for = max(0.0, min(deadlines) - now) if deadlines else 0.0
+            ready_conns = wait([w.recv_conn for w in waiting], timeout=wait_for)
+            by_conn = {id(w.recv_conn): w for w in waiting}
+            for conn in ready_conns:
+                w = by_conn[id(conn)]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    msg = None
+                if msg is None:  # the worker died
+                    if w.task is not None:
+                        results[w.task] = ("crash", None)
+                        try:
+                            w.proc.wait(timeout=0.5)  # so the log shows its exit code / signal
+                        except subprocess.TimeoutExpired:
+                            pass
+                        logger.warning(
+                            "grader worker died on task %d (exit code %s); counted wrong, worker replaced",
+                            w.task,
+                            w.proc.poll(),
+                        )
+                    elif not w.ready:
+                        rc = w.proc.wait()
+                        self._workers.remove(w)
+                        w.close_conns()
+                        raise RuntimeError(
+                            f"grader worker failed to start (exit code {rc}); check that "
+                            f"`{sys.executable} -m capojax.rewards._worker` runs and math-verify is installed"
+                        )
+                    self._replace(w)
+                    continue
+                if msg == "ready":
+                    w.ready = True
+                    continue
+                results[w.task] = ("ok", msg)
+                w.task = None
+            # enforce hard deadlines
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.task is not None and now > w.deadline:
+                    results[w.task] = ("timeout", None)
+                    logger.warning(
+                        "grader worker busy past the hard deadline (%.1fs) on task %d; killed and replaced",
+                        hard,
+                        w.task,
+                    )
+                    self._replace(w)
+                elif not w.ready and now > w.started + _STARTUP_TIMEOUT:
+                    self._workers.remove(w)
+                    w.kill()
+                    raise RuntimeError(f"grader worker did not start within {_STARTUP_TIMEOUT:.0f}s")
 
     def grade(
         self,
