@@ -1,30 +1,54 @@
 """The JAX KV-cache sampler against teacher-forced forward passes of the same tiny random Qwen."""
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from capojax.models import Qwen, QwenConfig
+from capojax.models import Qwen, QwenConfig, init_model
 from capojax.rollout import JaxRolloutEngine, Rollout, RolloutEngine, SamplingParams, process_logits, sample
 from capojax.rollout.sampler import _sample_jit, pad_prompts
 
 PAD = 0
-PROMPTS = [[5, 9, 17, 33, 2], [7, 8, 9, 10, 11, 12, 13, 14], [40, 41, 3]]  # different lengths, left-padded to 8
+# Different lengths, left-padded to 8. Four prompts and P = 8 are also the engine's bucket shapes (batch 4,
+# min_prompt_bucket=8), so engine and functional tests share compiled samplers (compiles dominate the runtime).
+PROMPTS = [[5, 9, 17, 33, 2], [7, 8, 9, 10, 11, 12, 13, 14], [40, 41, 3], [60, 61, 62, 63, 64, 65]]
 T = 8
 
 CONFIG = QwenConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                     head_dim=8, tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256)
 
 
-def make_model(seed: int = 0) -> Qwen:
-    """A tiny random Qwen whose matrices are scaled from std 0.02 to 0.5, so that next-token distributions are
-    peaked (distinct argmaxes, varied samples) instead of nearly uniform."""
-    model = Qwen(CONFIG, rngs=nnx.Rngs(seed))
-    state = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(lambda x: x * 25.0 if x.ndim >= 2 else x, state))
-    return model
+@jax.jit
+def _redraw(state, seed):
+    """Every matrix redrawn from normal(0, 0.5) (init_model's 0.02 gives nearly uniform next-token distributions;
+    0.5 gives peaked ones: distinct argmaxes, varied samples); norms and biases kept. One flat draw, because a
+    separate draw per leaf makes XLA compile one RNG kernel per leaf."""
+    leaves, tree = jax.tree.flatten(state)
+    sizes = [x.size if x.ndim >= 2 else 0 for x in leaves]
+    flat = 0.5 * jax.random.normal(jax.random.key(seed), (sum(sizes),))
+    out, offset = [], 0
+    for x, size in zip(leaves, sizes):
+        out.append(flat[offset:offset + size].reshape(x.shape).astype(x.dtype) if size else x)
+        offset += size
+    return jax.tree.unflatten(tree, out)
+
+
+@functools.cache
+def _base():
+    return nnx.split(init_model(CONFIG, seed=0))
+
+
+def make_model(seed: int = 0):
+    graphdef, state = _base()
+    return nnx.merge(graphdef, _redraw(state, seed))
+
+
+@nnx.jit
+def _forward(model, tokens, mask):
+    return model(tokens, attention_mask=mask)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +67,7 @@ def teacher_forced_logits(model, prompt_tokens, prompt_mask, completion, n):
     token (the logits at the position before it)."""
     tokens = jnp.concatenate([jnp.repeat(prompt_tokens, n, axis=0), completion], axis=1)
     mask = jnp.concatenate([jnp.repeat(prompt_mask, n, axis=0), jnp.ones(completion.shape, bool)], axis=1)
-    logits = model(tokens, attention_mask=mask)
+    logits = _forward(model, tokens, mask)
     p = prompt_tokens.shape[1]
     return logits[:, p - 1:-1]
 
@@ -108,8 +132,9 @@ def test_processed_logprobs_equal_reference_filter(model, batch, temperature, to
 
 def test_process_logits_matches_reference():
     logits = jax.random.normal(jax.random.key(0), (4, 50)) * 3
+    process = jax.jit(process_logits)
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.5, 7, 1.0), (2.0, 0, 0.3), (1.0, 10, 0.5), (1.0, 1, 1.0)]:
-        got = np.asarray(process_logits(logits, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)))
+        got = np.asarray(process(logits, jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)))
         want = reference_filter(np.asarray(logits), temperature, top_k, top_p)
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
         np.testing.assert_allclose(got[~np.isinf(got)], want[~np.isinf(want)], atol=1e-5, rtol=0)
@@ -129,7 +154,8 @@ def test_greedy_equals_teacher_forced_argmax(model, batch):
 def test_left_padded_batch_equals_each_prompt_alone(model, batch):
     tokens, mask = batch
     together = sample(model, tokens, mask, SamplingParams(max_new_tokens=T, temperature=0.0), pad_id=PAD)
-    for i, prompt in enumerate(PROMPTS):
+    for i in (0, 2):  # the two most padded rows (each length compiles its own sampler)
+        prompt = PROMPTS[i]
         alone = sample(model, jnp.asarray([prompt]), jnp.ones((1, len(prompt)), bool),
                        SamplingParams(max_new_tokens=T, temperature=0.0), pad_id=PAD)
         np.testing.assert_array_equal(np.asarray(alone.tokens[0]), np.asarray(together.tokens[i]))
@@ -180,42 +206,45 @@ def test_seed_reproducible_and_different_seeds_differ(model, batch):
 
 @pytest.fixture(scope="module")
 def engine(model):
-    return JaxRolloutEngine(model, pad_id=PAD, eos_ids=(1,))
+    return JaxRolloutEngine(model, pad_id=PAD, eos_ids=(1,), min_prompt_bucket=8, min_new_bucket=8)
 
 
-def test_engine_rollout_prompt_major_and_max_new_tokens(engine):
+def test_engine_rollout_layout_and_max_new_tokens(engine, model, batch):
+    """Prompt-major rows equal to the functional core's; max_new_tokens=5 cuts the 8-column bucket to 5 and
+    stops generation there (the teacher-forced test checks that row r continues prompt r // n)."""
     assert isinstance(engine, RolloutEngine)
-    n, max_new = 3, 5  # 5 is not a bucket size: the 8-column buffer must be cut to 5
-    ro = engine.generate(PROMPTS, SamplingParams(n=n, max_new_tokens=max_new, seed=2))
+    n, max_new = 2, 5
+    params = SamplingParams(n=n, max_new_tokens=max_new, seed=2)
+    ro = engine.generate(PROMPTS, params)
     assert isinstance(ro, Rollout) and ro.num_rows == len(PROMPTS) * n
     assert ro.tokens.shape == ro.logprobs.shape == ro.mask.shape == (len(PROMPTS) * n, max_new)
     np.testing.assert_array_equal(ro.prompt_index, np.repeat(np.arange(len(PROMPTS)), n))
-    assert np.all(ro.lengths <= max_new)
     np.testing.assert_array_equal(ro.mask, np.arange(max_new)[None] < ro.lengths[:, None])
-    assert np.all(ro.tokens[~ro.mask] == PAD)
-    # prompt-major: greedy samples of one prompt are identical and equal that prompt's n=1 greedy row
-    greedy = engine.generate(PROMPTS, SamplingParams(n=n, max_new_tokens=max_new, temperature=0.0))
-    single = engine.generate(PROMPTS, SamplingParams(n=1, max_new_tokens=max_new, temperature=0.0))
-    np.testing.assert_array_equal(greedy.tokens.reshape(len(PROMPTS), n, max_new),
-                                  np.repeat(single.tokens[:, None], n, axis=1))
-    # and sampled rows of one group are distinct draws
+    assert np.all(ro.tokens[~ro.mask] == PAD) and np.all(ro.logprobs[~ro.mask] == 0)
+    assert np.all(ro.lengths[~ro.finished] == max_new)
+    tokens, mask = batch
+    out = sample(model, tokens, mask, params, eos_ids=(1,), pad_id=PAD, buffer_len=8)
+    assert np.all(np.asarray(out.tokens)[:, max_new:] == PAD), "generation must stop at max_new_tokens"
+    np.testing.assert_array_equal(ro.tokens, np.asarray(out.tokens)[:, :max_new])
+    np.testing.assert_allclose(ro.logprobs, np.asarray(out.logprobs)[:, :max_new], atol=1e-6)
+    # the two samples of a prompt are distinct draws
     groups = ro.tokens.reshape(len(PROMPTS), n, max_new)
     assert any(not np.array_equal(g[0], g[1]) for g in groups)
 
 
-def test_engine_matches_functional_core(engine, model):
+def test_engine_batch_padding_does_not_change_rows(engine):
+    """3 prompts are padded to a batch of 4 with a filler prompt; the real rows equal those of the 4-prompt call."""
     params = SamplingParams(n=2, max_new_tokens=T, seed=9)
-    ro = engine.generate(PROMPTS, params)
-    # the engine pads 3 prompts to a batch of 4 and prompts to 16 columns; rows 0..5 must be unaffected by that
-    tokens, mask = pad_prompts(PROMPTS, 16, PAD)
-    out = sample(model, tokens, mask, params, eos_ids=(1,), pad_id=PAD)
-    np.testing.assert_array_equal(ro.tokens, np.asarray(out.tokens))
-    np.testing.assert_allclose(ro.logprobs, np.asarray(out.logprobs), atol=1e-5)
+    three = engine.generate(PROMPTS[:3], params)
+    four = engine.generate(PROMPTS, params)
+    assert three.num_rows == 6
+    np.testing.assert_array_equal(three.tokens, four.tokens[:6])
+    np.testing.assert_array_equal(three.logprobs, four.logprobs[:6])
 
 
 def test_update_weights_swaps_params_without_recompiling():
     model_a, model_b = make_model(0), make_model(1)
-    engine = JaxRolloutEngine(model_a, pad_id=PAD)
+    engine = JaxRolloutEngine(model_a, pad_id=PAD, min_prompt_bucket=8, min_new_bucket=8)
     params = SamplingParams(max_new_tokens=T, temperature=0.0)
     before = engine.generate(PROMPTS, params)
     compiled = _sample_jit._cache_size()
@@ -223,11 +252,11 @@ def test_update_weights_swaps_params_without_recompiling():
     assert metrics["timing/sync"] >= 0
     after = engine.generate(PROMPTS, params)
     assert _sample_jit._cache_size() == compiled, "update_weights must not trigger a recompile"
-    expected = JaxRolloutEngine(model_b, pad_id=PAD).generate(PROMPTS, params)
+    expected = JaxRolloutEngine(model_b, pad_id=PAD, min_prompt_bucket=8, min_new_bucket=8).generate(PROMPTS, params)
     np.testing.assert_array_equal(after.tokens, expected.tokens)
     assert not np.array_equal(after.tokens, before.tokens)
     with pytest.raises(ValueError, match="shape"):
-        bad = Qwen(CONFIG.replace(hidden_size=16, intermediate_size=32), rngs=nnx.Rngs(0))
+        bad = nnx.eval_shape(lambda: Qwen(CONFIG.replace(hidden_size=16, intermediate_size=32), rngs=nnx.Rngs(0)))
         engine.update_weights(nnx.state(bad))
     engine.close()
     with pytest.raises(RuntimeError, match="close"):
@@ -240,8 +269,9 @@ def test_sharded_engine_equals_single_device(model):
     mesh = make_mesh(4, 2)
     sharded = shard_model(make_model(0), mesh)
     params = SamplingParams(n=2, max_new_tokens=T, seed=4)
-    got = JaxRolloutEngine(sharded, pad_id=PAD, eos_ids=(1,), mesh=mesh).generate(PROMPTS, params)
-    want = JaxRolloutEngine(model, pad_id=PAD, eos_ids=(1,)).generate(PROMPTS, params)
+    kw = dict(pad_id=PAD, eos_ids=(1,), min_prompt_bucket=8, min_new_bucket=8)
+    got = JaxRolloutEngine(sharded, mesh=mesh, **kw).generate(PROMPTS, params)
+    want = JaxRolloutEngine(model, **kw).generate(PROMPTS, params)
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
 
