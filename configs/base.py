@@ -98,6 +98,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     r.val_n = 16  # samples per prompt at validation
     r.val_temperature = 1.0  # sampling temperature at validation
 
+    config.reward = ml_collections.ConfigDict()
+    config.reward.timeout = 5.0  # seconds per response for math-verify (a timeout counts as wrong and is logged)
+    config.reward.workers = 0  # grader worker processes (0 = min(8, cpu count))
+
     config.algo = a = ml_collections.ConfigDict()
     a.name = "grpo"  # key in capojax.objectives.ALGORITHMS: grpo | drgrpo | gspo | capo | dcpo
     a.tau = 0.6  # CAPO: temperature of the logistic surrogate log(1 + exp(-t / tau))

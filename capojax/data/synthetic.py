@@ -13,9 +13,9 @@ of evaluation, and the last line puts the result in ``\\boxed{}`` where the grad
 Problem ``i`` of a task depends only on ``(seed, i)`` (its own ``SeedSequence``), so a dataset can be
 read by random access (grain ``MapDataset``) and two runs with the same seed see the same problems.
 
-The module also builds the tiny tokenizer used by the CPU configs (``build_tokenizer``): a BPE over
-printable ASCII whose merges are trained on the task's text and the prompt templates, with digits split
-one per token (so the model sees numbers digit by digit) and Qwen's chat special tokens. It is saved as
+The module also builds the tiny tokenizer used by the CPU configs (``build_tokenizer``): a byte-level BPE
+laid out exactly like Qwen2's (same split pattern, digits one per token, same special tokens) with ~60
+merges trained on the task's text and the prompt templates. It is saved as
 an ordinary Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` so the rest of the code uses the
 normal tokenizer path.
 """
@@ -33,13 +33,13 @@ import numpy as np
 OPS = ("+", "-", "*")
 PRECEDENCE = {"+": 1, "-": 1, "*": 2}
 
-# Qwen2.5's chat special tokens, so prompt templates written for Qwen render unchanged.
-PAD_TOKEN = "<|pad|>"
+# Qwen2.5's chat special tokens, so prompt templates written for Qwen render unchanged; like Qwen, the
+# tokenizer pads with <|endoftext|> and chat turns end with <|im_end|>.
 EOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-UNK_TOKEN = "<|unk|>"
-SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, IM_START, IM_END, UNK_TOKEN)
+PAD_TOKEN = EOS_TOKEN
+SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
 
 # The Qwen chat template (system message optional), so `apply_chat_template` works on the tiny tokenizer.
 CHAT_TEMPLATE = (
@@ -155,9 +155,12 @@ def evaluate_expression(problem_text: str) -> int:
 # Tokenizer
 # ----------------------------------------------------------------------------------------------------
 
-# Split before tokenizing: each digit alone (with its leading space), runs of letters with their leading space, runs of other
-# punctuation, whitespace. BPE merges never cross these boundaries, so numbers stay digit-by-digit.
-_SPLIT_PATTERN = r" ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]+|\s+"
+# Qwen2's pre-tokenizer split (digits one per piece), so this tokenizer is exactly what transformers'
+# Qwen2Tokenizer rebuilds from our vocab + merges (AutoTokenizer on a folder whose config.json says qwen2
+# ignores tokenizer.json's pipeline and uses that class; vLLM loads it that way too).
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def tokenizer_corpus(*, seed: int = 0, n: int = 2000, settings: TaskSettings = TaskSettings(),
@@ -170,22 +173,24 @@ def tokenizer_corpus(*, seed: int = 0, n: int = 2000, settings: TaskSettings = T
     return texts
 
 
-def build_tokenizer(texts: Iterable[str], *, vocab_size: int = 192):
-    """Trains a tiny BPE (printable ASCII alphabet, digits split) and returns a ``tokenizers.Tokenizer``.
+def build_tokenizer(texts: Iterable[str], *, vocab_size: int = 320):
+    """Trains a tiny byte-level BPE in Qwen2's layout and returns a ``tokenizers.Tokenizer``.
 
-    Every printable ASCII character is in the vocabulary, so any ASCII text encodes without <|unk|>;
-    merges learned from ``texts`` make the fixed template wording and ``\\boxed`` cheap."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    The 256 byte symbols make every text encodable; the remaining ``vocab_size - 259`` merges, learned from
+    ``texts``, make the template wording and ``\\boxed`` cheap. Numbers stay digit by digit (Qwen's split)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated")
-    tok.decoder = decoders.Fuse()  # tokens are raw substrings (spaces included): decoding is concatenation
-    alphabet = sorted(set(string.printable))  # digits, letters, punctuation, ' ', '\t', '\n', '\r', ...
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
@@ -205,8 +210,7 @@ def save_tokenizer(tok, path: str | os.PathLike) -> str:
         tokenizer_object=tok,
         eos_token=IM_END,  # chat models stop on <|im_end|>, as Qwen's instruct/math configs do
         pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        additional_special_tokens=[IM_START, EOS_TOKEN],
+        additional_special_tokens=[IM_START],
         clean_up_tokenization_spaces=False,  # decoding must give back exactly the sampled text
         model_max_length=4096,
     )

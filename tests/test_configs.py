@@ -1,0 +1,99 @@
+"""Configs load through ml_collections config_flags, take overrides, reject unknown keys, carry the paper numbers."""
+
+import pathlib
+import re
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from capojax.checkpoint import ModelNotFoundError, resolve_model_path
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+NAMES = ["capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "gspo_1p5b", "dcpo_qwen3_8b", "tiny_grpo", "tiny_capo",
+         "tiny_dcpo"]
+
+
+def load(name, *overrides):
+    argv = ["prog", f"--config={CONFIGS / (name + '.py')}", *overrides]
+    fv = flags.FlagValues()
+    # sys_argv: config_flags declares the --config.* override flags from the argv it will parse.
+    config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_loads_with_the_full_structure(name):
+    c = load(name)
+    for section in ("model", "mesh", "data", "rollout", "algo", "optim", "train", "checkpoint", "log"):
+        assert section in c, section
+    assert c.algo.name in ("grpo", "drgrpo", "gspo", "capo", "dcpo")
+    assert c.train.prompts_per_step % c.train.ppo_mini_batch == 0
+    assert c.dry_run is False
+
+
+def test_override_a_key():
+    c = load("tiny_capo", "--config.train.steps=7", "--config.algo.tau=0.3", "--config.data.source=x.jsonl")
+    assert c.train.steps == 7 and c.algo.tau == 0.3 and c.data.source == "x.jsonl"
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(Exception, match="stepz"):
+        load("tiny_capo", "--config.train.stepz=7")
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(Exception, match="steps"):
+        load("tiny_capo", "--config.train.steps=many")
+
+
+def test_capo_paper_numbers():
+    c = load("capo_1p5b")
+    assert c.model.hf_name == "Qwen/Qwen2.5-Math-1.5B"
+    assert (c.data.subset_size, c.data.holdout) == (20_000, 240)
+    assert (c.optim.lr, c.train.prompts_per_step, c.train.ppo_mini_batch) == (1e-6, 128, 64)
+    assert (c.rollout.n, c.rollout.val_n, c.rollout.temperature) == (8, 16, 1.0)
+    assert (c.algo.name, c.algo.clip_low, c.algo.clip_high, c.algo.kl_coef, c.algo.entropy_coef) == ("capo", 0.2, 0.2, 0.0, 0.0)
+    assert (c.algo.tau, c.algo.ref_high, c.algo.ref_low, c.train.steps) == (0.6, 2.5, 1.05, 600)
+    c7 = load("capo_7b")
+    assert (c7.model.hf_name, c7.algo.tau, c7.train.steps) == ("Qwen/Qwen2.5-Math-7B", 0.5, 400)
+    assert load("grpo_1p5b").algo.name == "grpo" and load("grpo_7b").model.hf_name == "Qwen/Qwen2.5-Math-7B"
+    assert load("gspo_1p5b").algo.name == "gspo"
+
+
+def test_dcpo_paper_numbers():
+    c = load("dcpo_qwen3_8b")
+    assert c.model.hf_name == "Qwen/Qwen3-8B" and c.data.template == "dcpo"
+    assert (c.train.prompts_per_step, c.rollout.n, c.train.ppo_mini_batch) == (256, 8, 64)
+    assert (c.optim.lr, c.optim.schedule, c.optim.weight_decay, c.optim.grad_clip) == (2e-6, "constant", 0.01, 1.0)
+    assert (c.data.max_prompt_len, c.rollout.max_new_tokens) == (1024, 3000)
+    assert (c.algo.clip_low, c.algo.clip_high, c.algo.kl_coef, c.algo.kl_kind) == (0.2, 0.28, 0.001, "k3")
+    assert (c.algo.loss_agg, c.algo.lam) == ("token-mean", 0.5)
+
+
+def test_tiny_configs_use_the_synthetic_task_and_tiny_base():
+    for name in ("tiny_grpo", "tiny_capo", "tiny_dcpo"):
+        c = load(name)
+        assert c.model.path == "tiny" and c.data.source == "synthetic" and c.rollout.engine == "jax"
+    d = load("tiny_dcpo")
+    assert d.data.template == d.model.tiny_base.template == "dcpo" and d.model.tiny_base.confidence
+
+
+@pytest.mark.parametrize("name,hub", [("capo_1p5b", "Qwen/Qwen2.5-Math-1.5B"), ("dcpo_qwen3_8b", "Qwen/Qwen3-8B")])
+def test_missing_model_path_says_where_to_get_it(name, hub, tmp_path):
+    c = load(name)
+    with pytest.raises(ModelNotFoundError, match=re.escape(hub)) as e:
+        resolve_model_path(c.model)
+    assert "--config.model.path=" in str(e.value) and "huggingface-cli download" in str(e.value)
+    c = load(name, f"--config.model.path={tmp_path}")  # a folder that is not a checkpoint
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model_path(c.model)
+
+
+def test_every_base_field_has_a_comment():
+    src = (CONFIGS / "base.py").read_text()
+    body = src[src.index("def tiny_base_settings"): src.index("def paper_model")]  # the two field-defining functions
+    fields = [l for l in body.splitlines() if re.match(r"\s+\w+(\.\w+)+ = ", l) and "ConfigDict()" not in l]
+    assert len(fields) > 60
+    assert not [l for l in fields if "#" not in l]
