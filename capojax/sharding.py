@@ -76,7 +76,8 @@ def logical_to_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[i
     """PartitionSpec for an array of `shape` whose dims have the given logical names.
 
     Unknown names raise (a typo should not silently replicate a 7B embedding). A dim that does not divide by its
-    mesh axis size, or whose mesh axis is already used by an earlier dim, stays replicated.
+    mesh axis size, or whose mesh axis is already used by an earlier dim, stays replicated (as does one whose mesh
+    axis has size 1, which only keeps the specs short).
     """
     if logical_axes is None:
         return PartitionSpec()
@@ -92,7 +93,7 @@ def logical_to_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[i
         if name not in table:
             raise ValueError(f"logical axis {name!r} has no rule in LOGICAL_AXIS_RULES ({sorted(table)})")
         axis = table[name]
-        if axis is None or axis in used or size % mesh.shape[axis]:
+        if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
             spec.append(None)
         else:
             spec.append(axis)
