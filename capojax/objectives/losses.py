@@ -100,7 +100,7 @@ def policy_loss(
     """PPO-clip surrogate loss (to minimise) and its metrics.
 
     logp, old_logp f32[..., T] (current and behaviour policy log-probs of the sampled tokens), advantages
-    f32[..., T] (token-level) or f32[...] (broadcast over T), mask bool[..., T].
+    f32[..., T] (token-level), f32[...] or anything else broadcastable to [..., T], mask bool[..., T].
 
     ratio_level="token":    r_t = exp(logp_t - old_logp_t)                               (PPO / GRPO)
     ratio_level="sequence": r_t = s_i = exp(mean_t (logp - old_logp)) for every t of o_i  (GSPO)
@@ -116,8 +116,14 @@ def policy_loss(
     logp = jnp.asarray(logp, jnp.float32)
     old_logp = jnp.asarray(old_logp, jnp.float32)
     advantages = jnp.asarray(advantages, jnp.float32)
-    if advantages.shape == mask.shape[:-1]:
-        advantages = jnp.broadcast_to(advantages[..., None], mask.shape)
+    if advantages.shape == mask.shape[:-1]:  # sequence-level advantages f32[...]
+        advantages = advantages[..., None]
+    try:
+        advantages = jnp.broadcast_to(advantages, mask.shape)
+    except ValueError:
+        raise ValueError(
+            f"advantages {advantages.shape} must be token-level {mask.shape} or sequence-level {mask.shape[:-1]}."
+        ) from None
     _check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
     for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
         if isinstance(value, (int, float)) and value < 0:
