@@ -61,7 +61,7 @@ class SFTSettings:
     seed: int = 0  # init seed
     template: str = "qwen-math"  # prompt style (capojax.data.templates)
     confidence: bool = False  # append "CONFIDENCE: p" (random p) to the solutions, DCPO's output format
-    vocab_size: int = 320  # byte-level BPE vocabulary (256 bytes + 3 specials + merges; a multiple of 64)
+    vocab_size: int = 384  # byte-level BPE vocabulary (256 bytes + 3 specials + 125 merges; a multiple of 64)
     eval_problems: int = 256  # held-out problems for the accuracy measurement
 
     @classmethod
@@ -95,7 +95,7 @@ def make_tokenizer(settings: SFTSettings, out_dir: str):
 
     extra = [templates.render_chatml(templates.build_messages("x", style=s)) for s in templates.PROMPT_STYLES]
     extra += ["The answer is \\boxed{5}.\nCONFIDENCE: 0.5"]
-    texts = synthetic.tokenizer_corpus(seed=settings.task_seed, settings=settings.task, extra_texts=extra * 50)
+    texts = synthetic.tokenizer_corpus(seed=settings.task_seed, settings=settings.task, extra_texts=extra * 1000)  # weight: the template wording merges first
     tok = synthetic.build_tokenizer(texts, vocab_size=settings.vocab_size)
     synthetic.save_tokenizer(tok, out_dir)
     return load_tokenizer(out_dir)
