@@ -66,6 +66,7 @@ class CapojaxWorkerExtension:
                 self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
             else:  # older vLLM: the classic RLHF recipe
                 self.model_runner.model.load_weights(weights=tensors())
+            retied = _refresh_tied_lm_head(self.model_runner.get_model())
         seconds = time.perf_counter() - t0
         expected = spec.get("num_tensors")
         if expected is not None and stats["num_tensors"] != int(expected):
@@ -75,8 +76,30 @@ class CapojaxWorkerExtension:
             )
         self._capojax_weight_version = int(spec.get("version", -1))
         return {"rank": int(getattr(self, "rank", 0)), "version": self._capojax_weight_version,
-                "num_tensors": stats["num_tensors"], "bytes": stats["bytes"], "seconds": seconds}
+                "num_tensors": stats["num_tensors"], "bytes": stats["bytes"], "seconds": seconds,
+                "refreshed_tied_lm_head": retied}
 
     def capojax_weight_version(self) -> dict[str, Any]:
         """The version of the last `capojax_load_weights` on this worker (-1 = the checkpoint's weights)."""
         return {"rank": int(getattr(self, "rank", 0)), "version": self._capojax_weight_version}
+
+
+def _refresh_tied_lm_head(model: Any) -> bool:
+    """Re-derives a tied lm_head from the freshly loaded embedding; True when the model has one.
+
+    With tie_word_embeddings the checkpoint has no lm_head tensor, so a reload never touches the lm_head
+    layer, but some backends keep a derived copy of its weight (vLLM's CPU build packs it for its GEMM kernels
+    in `process_weights_after_loading`): without this the server keeps computing logits with the old
+    embedding (the probe check sees ~1 nat of gap on a tiny model).
+    """
+    config = getattr(model, "config", None)
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if not getattr(config, "tie_word_embeddings", False) or lm_head is None or embed is None:
+        return False
+    if getattr(lm_head, "weight", None) is not embed.weight:
+        lm_head.weight = embed.weight  # the reload replaced the shared parameter: tie it again
+    method = getattr(lm_head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(lm_head)
+    return True

@@ -1,0 +1,87 @@
+"""Start a vLLM sidecar for RL rollouts on loopback and keep it running until Ctrl-C / SIGTERM.
+
+    .venv/bin/python scripts/serve_vllm.py --model runs/tiny_capo/hf --port 8000
+    .venv/bin/python scripts/serve_vllm.py --model /ckpt/Qwen2.5-Math-1.5B --dtype bfloat16 \
+        --gpu-memory-utilization 0.35 -- --max-num-seqs 256
+
+It waits until the server answers /health (printing the URL), or exits non-zero with the server's log tail.
+vLLM runs from the venv made by scripts/setup_vllm_venv.sh (.venv-vllm) unless --python says otherwise. The RL
+settings (processed log-probs, no prefix caching, dev-mode endpoints, capojax's worker extension for weight
+reloads) are those of `capojax.rollout.vllm_server.ServerConfig`; flags after `--` go to vLLM verbatim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+from capojax.rollout.vllm_server import ServerConfig, VLLMServerError, launch_vllm_server
+
+
+def parse_args(argv):
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="HF checkpoint folder (capojax.models.save_pretrained writes one)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; keep loopback (dev endpoints are open)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--python", default=None, help="interpreter with vllm (default: .venv-vllm/bin/python)")
+    p.add_argument("--dtype", default="float32", help="float32 for parity with the trainer, bfloat16 on GPUs")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+                   help="share of GPU memory for vLLM; the JAX trainer keeps the rest")
+    p.add_argument("--cpu-kvcache-gb", type=int, default=2, help="KV cache GiB on CPU builds")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--enforce-eager", action="store_true", help="no compilation: faster start, slower decode")
+    p.add_argument("--prefix-caching", action="store_true",
+                   help="allow prefix caching (the engine resets it after every weight sync)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log", default=None, help="server log file (default: a temp file, printed)")
+    p.add_argument("--startup-timeout", type=float, default=900.0)
+    args = p.parse_args(argv)
+    return args, tuple(extra)
+
+
+def main(argv=None) -> int:
+    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    config = ServerConfig(
+        model=args.model, host=args.host, port=args.port, python=args.python, dtype=args.dtype,
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=args.gpu_memory_utilization, cpu_kvcache_gb=args.cpu_kvcache_gb,
+        tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
+        prefix_caching=args.prefix_caching, seed=args.seed, extra_args=extra, log_path=args.log)
+    print("starting:", " ".join(config.command(args.port or 0)), flush=True)
+    t0 = time.perf_counter()
+    try:
+        server = launch_vllm_server(config, startup_timeout=args.startup_timeout)
+    except (VLLMServerError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"vLLM server healthy at {server.url} (pid {server.pid}) after {time.perf_counter() - t0:.0f} s; "
+          f"log: {server.log_path}. Ctrl-C stops it.", flush=True)
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop["flag"]:
+            if not server.alive():
+                print(f"error: {server.describe_death()}", file=sys.stderr)
+                return 1
+            time.sleep(1.0)
+    finally:
+        server.stop()
+    print("vLLM server stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
