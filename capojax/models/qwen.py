@@ -201,7 +201,7 @@ class Qwen(nnx.Module):
         causal = jnp.tril(jnp.ones((t, t), bool))
         mask = causal[None] & attention_mask[:, None, :]  # [B, T(query), T(key)]
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
-        x = self.embed[...].astype(self.dtype)[tokens]
+        x = self.embed[...][tokens].astype(self.dtype)  # gather, then cast only B*T rows
 
         graphdef, state = nnx.split(self.layers)
 
@@ -248,7 +248,7 @@ class Qwen(nnx.Module):
         query_slots = index + jnp.arange(s)
         mask = cache_mask[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])  # [B, S, max_len]
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
-        x = self.embed[...].astype(self.dtype)[tokens]
+        x = self.embed[...][tokens].astype(self.dtype)  # gather, then cast only B*T rows
         graphdef, state = nnx.split(self.layers)
 
         def body(carry, layer_state):

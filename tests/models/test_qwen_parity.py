@@ -66,11 +66,15 @@ def test_left_padded_batch_equals_rows_alone_and_transformers(hf_checkpoints):
 def test_hidden_then_logits_equals_call(hf_checkpoints):
     model, _ = load_pretrained(hf_checkpoints["qwen2-untied"].path)
     tokens = jnp.asarray(_tokens(4, (2, 9)))
-    hidden = nnx.jit(lambda m, t: m.hidden(t))(model, tokens)
+
+    @nnx.jit
+    def split_and_whole(model, tokens):
+        hidden = model.hidden(tokens)
+        return hidden, model.logits(hidden[:, 3:5]), model(tokens)
+
+    hidden, some_logits, logits = split_and_whole(model, tokens)
     assert hidden.shape == (2, 9, 64)
-    some_logits = nnx.jit(lambda m, h: m.logits(h))(model, hidden[:, 3:5])
-    np.testing.assert_allclose(np.asarray(some_logits), np.asarray(_forward(model, tokens))[:, 3:5],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(some_logits), np.asarray(logits)[:, 3:5], atol=1e-5, rtol=0)
 
 
 def test_export_roundtrip_through_transformers(hf_checkpoint, tmp_path):
