@@ -324,7 +324,7 @@ def save_pretrained(model: Qwen, config: QwenConfig, path: str | pathlib.Path, *
     def add(name, array, index, layout):
         shape = hf_shape(layout, tuple(array.shape[1:] if index is not None else array.shape))
         fetch = lambda: np.ascontiguousarray(to_hf(layout, np.asarray(  # noqa: E731
-            jax.device_get(array[index] if index is not None else array)).astype(dtype)))
+            jax.device_get(_take_layer(array, index) if index is not None else array)).astype(dtype)))
         tensors.append((name, fetch, int(np.prod(shape)) * dtype.itemsize))
 
     for entry in table:
@@ -369,6 +369,12 @@ def save_pretrained(model: Qwen, config: QwenConfig, path: str | pathlib.Path, *
             src = pathlib.Path(tokenizer_path) / fname
             if src.is_file():
                 shutil.copyfile(src, path / fname)
+
+
+@jax.jit
+def _take_layer(stacked: jax.Array, i) -> jax.Array:
+    """stacked[i] with a traced index: one compile per parameter shape, not one per layer (eager x[i] is static)."""
+    return jax.lax.dynamic_index_in_dim(stacked, i, keepdims=False)
 
 
 # ---------------------------------------------------------------------------------------- random init

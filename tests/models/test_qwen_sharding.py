@@ -115,3 +115,14 @@ def test_make_mesh():
         make_mesh(4, 4)
     with pytest.raises(ValueError, match="divide"):
         make_mesh(-1, 3)
+
+
+def test_save_from_sharded_model(hf_checkpoints, tmp_path):
+    from capojax.models import save_pretrained
+
+    path = hf_checkpoints["qwen2-untied"].path
+    sharded, config = load_pretrained(path, mesh=make_mesh(2, 4))
+    save_pretrained(sharded, config, tmp_path)
+    again, _ = load_pretrained(tmp_path)
+    single, _ = load_pretrained(path)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(again), nnx.state(single))
