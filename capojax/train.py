@@ -13,6 +13,7 @@ import pathlib
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/NAME.py file.", lock_config=True)
@@ -39,8 +40,14 @@ def main(argv) -> int:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=configs/NAME.py is required (see configs/ for the available files)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Libraries (orbax, jax) log every checkpoint at INFO; keep their warnings and our own progress.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("capojax").setLevel(logging.INFO)
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(flags.FLAGS["config"].config_filename).stem)
+    if config.dry_run:  # fake the planned mesh's devices on the host when fewer exist (before jax's backend starts)
+        from capojax.memory_plan import planned_device_count, request_host_devices
+
+        request_host_devices(planned_device_count(config))
     _maybe_init_distributed()
 
     if config.dry_run:

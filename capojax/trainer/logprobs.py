@@ -48,12 +48,20 @@ def split_rows(x: jax.Array, micro_batches: int) -> jax.Array:
     return x.reshape(micro_batches, n // micro_batches, *x.shape[1:])
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, micro_batches: int = 1):
+def chunk_count(rows: int, rows_per_chunk: int | None) -> int:
+    """How many sequential chunks to cut `rows` into so that none exceeds `rows_per_chunk` rows (the smallest
+    count that divides `rows` evenly; 1 when `rows_per_chunk` is None or 0)."""
+    if not rows_per_chunk or rows <= rows_per_chunk:
+        return 1
+    return next(k for k in range(-(-rows // rows_per_chunk), rows + 1) if rows % k == 0)
+
+
+def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chunk: int | None = None):
     """A jitted pass `(state, input_ids, attention_mask, positions, prompt_len) -> (logp f32[N,T], entropy f32[N,T])`
     with `prompt_len` static (it is bucketed, so few shapes compile).
 
-    The rows go through in `micro_batches` sequential chunks (lax.map) so that the [rows, T, V] logits of only
-    one chunk are alive at a time.
+    The rows go through in sequential chunks of at most `rows_per_chunk` rows (lax.map) so that the
+    [rows, T, V] logits of only one chunk are alive at a time.
     """
 
     @functools.partial(jax.jit, static_argnames=("prompt_len",))
@@ -62,8 +70,9 @@ def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, micro_batches
             model = nnx.merge(graphdef, state)
             return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
 
-        chunks = tuple(split_rows(x, micro_batches) for x in (input_ids, attention_mask, positions))
-        logp, entropy = jax.lax.map(one_chunk, chunks)
+        chunks = chunk_count(input_ids.shape[0], rows_per_chunk)
+        parts = tuple(split_rows(x, chunks) for x in (input_ids, attention_mask, positions))
+        logp, entropy = jax.lax.map(one_chunk, parts)
         return logp.reshape(input_ids.shape[0], -1), entropy.reshape(input_ids.shape[0], -1)
 
     return logprob_fn

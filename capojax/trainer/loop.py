@@ -32,6 +32,8 @@ from capojax.rollout.base import RolloutEngine, SamplingParams
 from capojax.sharding import make_mesh
 from capojax.tokenizer import load_tokenizer, special_token_ids
 from capojax.trainer import batch as batch_lib
+from capojax.trainer import faults
+from capojax.trainer.host import to_host
 from capojax.trainer.logger import MetricsLogger
 from capojax.trainer.logprobs import make_logprob_fn
 from capojax.trainer.optim import build_optimizer
@@ -170,15 +172,11 @@ class Trainer:
             self.graphdef, self.optimizer, objective, temperature=temperature, micro_batches=micro_batches,
             weight_by_tokens=agg == "token-mean",
         )
-        step_rows = int(t.prompts_per_step) * int(config.rollout.n)
-        self.logprob_fn = make_logprob_fn(
-            self.graphdef, temperature=temperature, micro_batches=step_rows // int(t.micro_batch) if t.micro_batch else 1
-        )
+        chunk = int(t.micro_batch) or None
+        self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk)
         if self.needs_reference:
-            self.ref_logprob_fn = make_logprob_fn(
-                self.ref_graphdef, temperature=temperature,
-                micro_batches=step_rows // int(t.micro_batch) if t.micro_batch else 1,
-            )
+            self.ref_logprob_fn = make_logprob_fn(self.ref_graphdef, temperature=temperature, rows_per_chunk=chunk)
+        self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk)
         self.advantage_fn = jax.jit(functools.partial(self.spec.advantages, **self._adv_overrides))
 
         self.logger = MetricsLogger(self.workdir)
@@ -251,6 +249,7 @@ class Trainer:
             rollout = self.engine.generate(
                 prompts.prompt_ids, self.sampling_params(step, n=G, temperature=float(config.rollout.temperature))
             )
+        faults.maybe_kill("rollout", step)
         seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
         T = seq.response_mask.shape[1]
         with _timer(timings, "reward"):
@@ -289,6 +288,8 @@ class Trainer:
                 confidence_mask=jnp.asarray(scores.confidence_mask.reshape(B, G, T)),
             )
             advantages = self.advantage_fn(inputs).reshape(B * G, T)
+            if faults.should("nan", "advantages", step):
+                advantages = advantages * jnp.nan
             advantages = jax.block_until_ready(jax.device_put(advantages, self.batch_sharding))
 
         rows = {**arrays, "old_logp": old_logp, "advantages": advantages}
@@ -304,8 +305,8 @@ class Trainer:
 
         timings["timing/step"] = time.perf_counter() - start
         metrics = self._step_metrics(
-            B, G, rollout, seq, scores, np.asarray(old_logp), np.asarray(entropy), np.asarray(lpm),
-            None if ref_ppl is None else np.asarray(ref_ppl), np.asarray(advantages), timings,
+            B, G, rollout, seq, scores, to_host(old_logp), to_host(entropy), to_host(lpm),
+            None if ref_ppl is None else to_host(ref_ppl), to_host(advantages), timings,
         )
         metrics.update(update_metrics)
         metrics.update(sync_metrics)
@@ -318,7 +319,7 @@ class Trainer:
         per_update = int(t.ppo_mini_batch) * int(self.config.rollout.n)
         gen = np.random.default_rng([int(t.seed), step])
         collected: list[dict[str, Any]] = []
-        host_rows = {k: np.asarray(v) for k, v in rows.items()}
+        host_rows = {k: to_host(v) for k, v in rows.items()}
         for _ in range(int(t.ppo_epochs)):
             order = gen.permutation(n_rows)
             for first in range(0, n_rows, per_update):
@@ -326,7 +327,7 @@ class Trainer:
                 minibatch = {k: self._put(v[index]) for k, v in host_rows.items()}
                 self.params, self.opt_state, m = self.update_fn(self.params, self.opt_state, minibatch)
                 collected.append(m)
-        collected = jax.device_get(collected)
+        collected = [jax.tree.map(to_host, m) for m in collected]
         skipped = sum(float(m["update/skipped"]) for m in collected)
         self._bad_in_a_row = self._bad_in_a_row + 1 if skipped else 0
         out = {k: float(np.mean([m[k] for m in collected])) for k in collected[0] if k != "update/skipped"}
@@ -412,7 +413,6 @@ class Trainer:
         if not val:
             return {}
         n = int(config.rollout.val_n)
-        metrics: dict[str, list[float]] = {}
         chunk = int(config.train.prompts_per_step)
         correct_all, lpm_all, conf_all = [], [], []
         start = time.perf_counter()
@@ -424,9 +424,13 @@ class Trainer:
                 rollout, part.answers, self.tokenizer, timeout=float(config.reward.timeout),
                 workers=int(config.reward.workers) or None, with_confidence=config.data.template == "dcpo",
             )
-            # Sampler log-probs are the policy's own at temperature 1 (what exp(lpm) calibration is about).
-            lengths = np.maximum(rollout.lengths, 1)
-            lpm = (rollout.logprobs * rollout.mask).sum(1) / lengths
+            # Teacher-forced at temperature 1: the policy's own likelihood, whatever the sampling settings.
+            seq = batch_lib.assemble(part.prompt_ids, rollout, pad_id=self.special.pad_id)
+            logp, _ = self.val_logprob_fn(
+                self.params, *(self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions")),
+                prompt_len=seq.prompt_len,
+            )
+            lpm = to_host(objectives.lpm(logp, self._put(seq.response_mask)))
             correct_all.append(scores.correct.reshape(len(part), n))
             lpm_all.append(lpm.reshape(len(part), n))
             conf_all.append(scores.confidence.reshape(len(part), n))
@@ -446,6 +450,7 @@ class Trainer:
             self.step, params=self.params, opt_state=self.opt_state, rng=self.rng,
             data_state=self.iterator.get_state(), force=force,
         )
+        faults.maybe_kill("checkpoint", self.step)
 
     def run(self) -> dict[str, float]:
         from tqdm.auto import tqdm

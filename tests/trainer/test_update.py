@@ -10,7 +10,7 @@ from flax import nnx
 
 from capojax.models import PRESETS, init_model
 from capojax.objectives import get_algorithm
-from capojax.trainer.logprobs import make_logprob_fn
+from capojax.trainer.logprobs import chunk_count, make_logprob_fn
 from capojax.trainer.update import make_update_fn
 
 CONFIG = PRESETS["tiny-bench"].replace(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=2,
@@ -78,10 +78,16 @@ def test_logprob_pass_equals_the_model_forward(model):
     graphdef, params = nnx.split(model)
     batch = _minibatch(rows=4, seed=1)
     P = batch["input_ids"].shape[1] - batch["response_mask"].shape[1]
-    fn = make_logprob_fn(graphdef, temperature=0.7, micro_batches=2)
+    fn = make_logprob_fn(graphdef, temperature=0.7, rows_per_chunk=2)
     logp, entropy = fn(params, batch["input_ids"], batch["attention_mask"], batch["positions"], prompt_len=P)
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], positions=batch["positions"]) / 0.7
     expected = jax.nn.log_softmax(logits, -1)[:, P - 1 : -1]
     expected_logp = jnp.take_along_axis(expected, batch["input_ids"][:, P:, None], -1)[..., 0]
     np.testing.assert_allclose(logp, expected_logp, atol=1e-5)
     np.testing.assert_allclose(entropy, -(jnp.exp(expected) * expected).sum(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,per_chunk,expected", [(8, None, 1), (8, 8, 1), (8, 3, 4), (8, 2, 4), (12, 5, 3), (7, 2, 7)])
+def test_chunk_count_divides_rows_within_the_cap(rows, per_chunk, expected):
+    k = chunk_count(rows, per_chunk)
+    assert k == expected and rows % k == 0
