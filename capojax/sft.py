@@ -262,7 +262,7 @@ def run_sft(settings: SFTSettings, out_dir: str, *, evaluate: bool = True) -> di
     from capojax.models import save_pretrained
     from capojax.models.qwen import Qwen
 
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()  # CPU time too: wall time on a shared machine says little
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = make_tokenizer(settings, out_dir)
     mcfg = model_config(settings, tokenizer)
@@ -288,11 +288,13 @@ def run_sft(settings: SFTSettings, out_dir: str, *, evaluate: bool = True) -> di
         if step % 50 == 0 or step == settings.steps - 1:
             log.info("sft step %d loss %.4f (%.1fs)", step, losses[-1], time.time() - t_train)
     train_s = time.time() - t_train
+    train_cpu_s = time.process_time() - cpu0
 
     report: dict[str, Any] = {"settings": dataclasses.asdict(settings), "key": settings.key(),
                               "model_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
                               "seq_len": seq_len, "loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
-                              "losses": losses[::10], "train_seconds": train_s}
+                              "losses": losses[::10], "train_seconds": train_s,
+                              "train_cpu_seconds": train_cpu_s}
     if evaluate:
         t_eval = time.time()
         held_out = synthetic.make_problems(settings.eval_problems, seed=settings.task_seed + EVAL_SEED_OFFSET,
@@ -302,6 +304,7 @@ def run_sft(settings: SFTSettings, out_dir: str, *, evaluate: bool = True) -> di
         report["eval_seconds"] = time.time() - t_eval
     save_pretrained(model, mcfg, out_dir)
     report["total_seconds"] = time.time() - t0
+    report["total_cpu_seconds"] = time.process_time() - cpu0
     with open(os.path.join(out_dir, "sft_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
