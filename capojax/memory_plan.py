@@ -173,6 +173,7 @@ class MemoryPlan:
     logprob_chunk_rows: int
     seq_len: int
     response_len: int
+    vocab_size: int
     params: int  # actor parameters, per device
     params_total: int  # actor parameters, all devices together (unsharded size)
     opt_state: int
@@ -428,7 +429,7 @@ def memory_plan(config) -> MemoryPlan:
         dtypes={"param": jnp.dtype(param_dtype).name, "compute": jnp.dtype(compute_dtype).name,
                 "ref": jnp.dtype(ref_dtype).name},
         remat=remat, rows_per_update=rows, micro_batch_rows=micro, rows_per_step=step_rows, logprob_chunk_rows=chunk_rows,
-        seq_len=L, response_len=T,
+        seq_len=L, response_len=T, vocab_size=int(qcfg.vocab_size),
         params=_bytes_per_device(params), params_total=_bytes_total(params),
         opt_state=_bytes_per_device(opt_state), opt_state_total=_bytes_total(opt_state),
         reference=_bytes_per_device(ref_params) if needs_reference else 0,
@@ -496,6 +497,14 @@ def suggestions(plan: MemoryPlan) -> list[str]:
     return out
 
 
+def activations_replicated(plan: MemoryPlan) -> bool:
+    """Whether the log-prob pass holds a whole chunk's f32 logits [chunk rows, T, V] on every device, i.e. XLA
+    did not split the activations over the fsdp devices (each would hold 1/fsdp of the rows otherwise)."""
+    whole_chunk_logits = plan.logprob_chunk_rows * plan.response_len * plan.vocab_size * 4
+    # Only meaningful where the logits dominate the temporaries (real vocabularies and lengths).
+    return plan.mesh["fsdp"] > 1 and whole_chunk_logits <= plan.logprob.temp <= 4 * whole_chunk_logits
+
+
 def format_plan(plan: MemoryPlan) -> str:
     lines = [
         f"memory plan: {plan.model} ({plan.num_params / 1e9:.2f}B params; config from {plan.model_source})",
@@ -514,6 +523,13 @@ def format_plan(plan: MemoryPlan) -> str:
     lines.append("")
     lines.append("temporaries come from XLA's memory analysis of the compiled programs on this backend "
                  f"({_backend_name()}); params, optimizer state and batches are exact.")
+    if activations_replicated(plan):
+        lines.append(
+            f"note: the log-prob pass keeps the f32 logits of all {plan.logprob_chunk_rows} rows of a chunk on every "
+            f"device ({plan.logprob_chunk_rows * plan.response_len * plan.vocab_size * 4 / GB:.1f} GB): XLA did not "
+            f"split the activations over the {plan.mesh['fsdp']} fsdp devices (it follows the parameters' hidden-dim "
+            f"sharding instead); a batch-over-fsdp sharding constraint on the residual stream would divide the "
+            f"temporaries by up to {plan.mesh['fsdp']}.")
     advice = suggestions(plan)
     if advice:
         lines.append("does not fit; try:" if not plan.fits else "headroom / further options:")

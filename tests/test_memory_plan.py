@@ -113,6 +113,18 @@ def test_total_is_the_peak_phase_and_fits_follows_the_budget(plan):
     json.dumps(plan.to_dict())  # serialisable for --config.plan_json
 
 
+def test_replicated_activations_are_flagged(plan):
+    # A chunk's whole f32 logits [rows, T, V] in every device's temporaries means XLA did not split the rows.
+    whole = plan.logprob_chunk_rows * plan.response_len * 151936 * 4
+    replicated = dataclasses.replace(plan, vocab_size=151936,
+                                     logprob=dataclasses.replace(plan.logprob, temp=int(1.5 * whole)))
+    assert mp.activations_replicated(replicated)
+    assert "did not split the activations" in mp.format_plan(replicated)
+    split = dataclasses.replace(replicated, logprob=dataclasses.replace(plan.logprob, temp=int(1.5 * whole) // 4))
+    assert not mp.activations_replicated(split)
+    assert not mp.activations_replicated(plan)  # the tiny vocabulary's logits are not what dominates here
+
+
 def test_model_config_from_hub_name_folder_or_preset(tmp_path):
     c = capo_1p5b.get_config()
     assert c.model.path == ""
