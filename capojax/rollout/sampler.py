@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from capojax.rollout.base import Rollout, SamplingParams
-from capojax.sharding import cache_sharding
+from capojax.models.qwen import rms_norm, rope_tables
+from capojax.sharding import logical_to_spec
 
 # Stop ids are a traced i32[MAX_STOP_IDS] array padded with -1, so changing them does not recompile.
 MAX_STOP_IDS = 16
@@ -122,27 +123,68 @@ jax.tree_util.register_dataclass(SampleOutput, data_fields=["tokens", "logprobs"
                                  meta_fields=[])
 
 
-def _batch_axis_of_cache(cache: Any, batch: int) -> Any:
-    """Per cache leaf, the axis that indexes rows: KV arrays are [L, B, S, kv, hd] (axis 1)."""
-    def axis(x):
-        if x.ndim >= 2 and x.shape[1] == batch:
-            return 1
-        if x.ndim >= 1 and x.shape[0] == batch:
-            return 0
-        return None
-    return jax.tree.map(axis, cache)
-
-
-def _constrain_rows(x: jax.Array, axis: int | None, mesh: Mesh | None) -> jax.Array:
-    """Shards the row axis of x over the mesh's "fsdp" axis (no-op without a mesh); KV [L,N,S,kv,D] also
-    splits kv heads over "tp" when they divide (`capojax.sharding.cache_sharding`)."""
-    if mesh is None or axis is None:
+def _constrain_rows(x: jax.Array, axis: int, mesh: Mesh | None) -> jax.Array:
+    """Shards the row axis of x over the mesh's "fsdp" axis (no-op without a mesh)."""
+    if mesh is None:
         return x
-    if axis == 1 and x.ndim == 5:
-        return jax.lax.with_sharding_constraint(x, cache_sharding(mesh, x.shape[3], x.shape[1]))
     spec = [None] * x.ndim
     spec[axis] = "fsdp"
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _constrain_step_cache(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """A layer's cache [N, kv, S, D]: rows over "fsdp", kv heads over "tp" when they divide (else replicated)."""
+    if mesh is None:
+        return x
+    spec = logical_to_spec(("batch", "kv_heads", "cache_len", "head_dim"), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+class _StepCache(NamedTuple):
+    """Per-layer KV for the token-by-token loop: k[l], v[l]: [N, n_kv, S, D] (kv heads before slots, so the
+    attention dots read the cache in place; the model's [L, N, S, n_kv, D] layout makes XLA copy and transpose
+    a layer's whole cache at every step)."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def _unstack_layers(model) -> list[Any]:
+    """The scanned layer stack as L separate Block modules (static slices: hoisted out of the decode loop)."""
+    graphdef, state = nnx.split(model.layers)
+    num_layers = model.config.num_layers
+    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(num_layers)]
+
+
+def _decode_one(model, layers, tokens, positions, cache: _StepCache, valid, slot):
+    """One new token per row through the unrolled layers (same math as `Qwen.decode` with S = 1).
+
+    tokens, positions: i32[N]; valid: bool[N, S] slots a query may attend (prompt + generated so far,
+    including `slot`); slot: i32[] where this token's k/v go -> (logits f32[N, V], cache).
+    """
+    c = model.config
+    cos, sin = rope_tables(positions[:, None], c.head_dim, c.rope_theta)
+    x = model.embed[...].astype(model.dtype)[tokens][:, None]  # [N, 1, H]
+    ks, vs = [], []
+    n, nkv, d = tokens.shape[0], c.num_kv_heads, c.head_dim
+    for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
+        q, k, v = layer.qkv(x, cos, sin)  # q [N,1,nH,D]; k, v [N,1,nKV,D]
+        zero = jnp.zeros((), jnp.int32)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype),
+                                               (zero, zero, slot, zero))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
+                                               (zero, zero, slot, zero))
+        qg = q.reshape(n, nkv, c.num_heads // nkv, d)
+        scores = jnp.einsum("nkgd,nksd->nkgs", qg, k_cache.astype(qg.dtype),
+                            preferred_element_type=jnp.float32) * (d**-0.5)
+        scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+        out = jnp.einsum("nkgs,nksd->nkgd", probs, v_cache).astype(x.dtype)
+        x = layer.finish(x, out.reshape(n, 1, c.num_heads, d))
+        ks.append(k_cache)
+        vs.append(v_cache)
+    x = rms_norm(x, model.norm[...], c.rms_norm_eps)
+    return model.logits(x)[:, 0], _StepCache(tuple(ks), tuple(vs))
 
 
 def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, top_k, top_p,
@@ -161,23 +203,18 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
                                  index=jnp.asarray(0, jnp.int32))
     last_logits = jnp.repeat(logits[:, -1].astype(jnp.float32), n, axis=0)  # [N,V], left padding: last col is real
 
-    # Copy each prompt's cache to its n rows and append T empty slots for the completion.
-    axes = _batch_axis_of_cache(cache, B)
+    # Each prompt's cache -> its n rows, per layer in [N, n_kv, P + T, D] with T empty slots for the completion.
+    def grow(x):  # [L, B, P, kv, D] -> L x [N, kv, P + T, D]
+        x = jnp.pad(jnp.repeat(x, n, axis=1).transpose(0, 1, 3, 2, 4),
+                    [(0, 0), (0, 0), (0, 0), (0, buffer_len), (0, 0)])
+        return tuple(_constrain_step_cache(x[i], mesh) for i in range(x.shape[0]))
 
-    def grow(x, ax):
-        if ax is None:
-            return x
-        x = jnp.repeat(x, n, axis=ax)
-        if ax == 1 and x.ndim >= 3:  # [L, N, P, ...] -> [L, N, P + T, ...]
-            pad = [(0, 0)] * x.ndim
-            pad[2] = (0, buffer_len)
-            x = jnp.pad(x, pad)
-        return _constrain_rows(x, ax, mesh)
-
-    cache = jax.tree.map(grow, cache, axes)
+    cache = _StepCache(grow(cache.k), grow(cache.v))
+    layers = _unstack_layers(model)
     cache_mask = jnp.concatenate(
         [jnp.repeat(prompt_mask, n, axis=0), jnp.ones((N, buffer_len), bool)], axis=1)
     cache_mask = _constrain_rows(cache_mask, 0, mesh)
+    slots = jnp.arange(P + buffer_len, dtype=jnp.int32)
     row_len = jnp.repeat(prompt_len, n, axis=0)  # [N] real prompt tokens per row
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(N, dtype=jnp.int32))
 
@@ -211,9 +248,10 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
     def body(carry):
         t, prev, bufs, cache = carry
         # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
-        step_logits, cache = model.decode(prev[:, None], positions=(row_len + t - 1)[:, None], cache=cache,
-                                          cache_mask=cache_mask, index=P + t - 1)
-        tok, lp = pick(step_logits[:, 0], t)
+        slot = P + t - 1
+        valid = cache_mask & (slots <= slot)[None, :]
+        step_logits, cache = _decode_one(model, layers, prev, row_len + t - 1, cache, valid, slot)
+        tok, lp = pick(step_logits, t)
         bufs, tok = record(bufs, t, tok, lp)
         return t + 1, tok, bufs, cache
 
