@@ -265,6 +265,62 @@ class VLLMRolloutEngine:
             self.weight_sync = WeightSync(template, self.client, transport, probe_tokens=probe_tokens,
                                           tolerance=logp_gap_tolerance, dtype=sync_dtype)
 
+    @classmethod
+    def from_config(cls, config: Any, *, model: Any, checkpoint_dir: str, pad_id: int,
+                    eos_ids: Sequence[int] = ()) -> "VLLMRolloutEngine":
+        """The engine for `config.rollout.engine == "vllm"` (called by the trainer with the actor `model`).
+
+        Reads `config.rollout` keys (missing ones take the defaults in brackets):
+          vllm_url ["http://127.0.0.1:8000"]  a running sidecar (scripts/serve_vllm.py --model <checkpoint>)
+          vllm_launch [False]  start a sidecar on `checkpoint_dir` instead (on a free port; stopped by close())
+          vllm_python [""], vllm_dtype ["float32"], vllm_gpu_memory_utilization [0.5], vllm_cpu_kvcache_gb [2],
+          vllm_max_model_len [0 = data.max_prompt_len + rollout.max_new_tokens], vllm_enforce_eager [False]
+                                launch settings (see ServerConfig)
+          vllm_logp_tol [2e-3]  probe tolerance of the weight sync (float32 server; ~0.2 for bf16)
+          vllm_timeout [600], vllm_max_concurrency [64], vllm_sync_dir ["" = /dev/shm]
+        Then it makes sure the server serves the actor's weights: when the probe gap exceeds the tolerance
+        (e.g. a resumed run, or a server started from another checkpoint), the actor's weights are pushed.
+        """
+        r = config.rollout
+
+        def get(key, default):
+            value = r.get(key, default) if hasattr(r, "get") else getattr(r, key, default)
+            return default if value is None else value
+
+        server = None
+        url = str(get("vllm_url", "") or "")
+        if bool(get("vllm_launch", False)) or not url:
+            from capojax.rollout.vllm_server import ServerConfig, launch_vllm_server
+
+            max_len = int(get("vllm_max_model_len", 0)) or (
+                int(config.data.max_prompt_len) + int(r.max_new_tokens) + 1)
+            server = launch_vllm_server(ServerConfig(
+                model=checkpoint_dir, python=str(get("vllm_python", "")) or None,
+                dtype=str(get("vllm_dtype", "float32")), max_model_len=max_len,
+                gpu_memory_utilization=float(get("vllm_gpu_memory_utilization", 0.5)),
+                cpu_kvcache_gb=int(get("vllm_cpu_kvcache_gb", 2)),
+                enforce_eager=bool(get("vllm_enforce_eager", False)), seed=int(config.train.seed)))
+            url = server.url
+        elif not VLLMClient(url).health(timeout=30.0):
+            raise VLLMServerError(
+                f"no vLLM server answers at rollout.vllm_url={url}. Start one on the actor's checkpoint with "
+                f"`python scripts/serve_vllm.py --model {checkpoint_dir} --port <port>`, or set "
+                "--config.rollout.vllm_launch=True to let the trainer start it")
+        transport_dir = str(get("vllm_sync_dir", "")) or None
+        engine = cls(url, pad_id=pad_id, eos_ids=eos_ids, server=server, own_server=server is not None,
+                     template=model, logp_gap_tolerance=float(get("vllm_logp_tol", 2e-3)),
+                     request_timeout=float(get("vllm_timeout", 600.0)),
+                     max_concurrency=int(get("vllm_max_concurrency", 64)))
+        try:
+            if transport_dir is not None:
+                engine.weight_sync.transport = FileTransport(engine.client, directory=transport_dir)
+            if not engine.check_weights(model)["sync/logp_gap"] <= engine.weight_sync.tolerance:
+                engine.update_weights(model)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
     @property
     def model_name(self) -> str:
         if self._model_name is None:
@@ -280,7 +336,7 @@ class VLLMRolloutEngine:
         payload = {
             "model": self.model_name,
             "prompt": [int(t) for t in prompt],
-            "n": params.n,
+            "n": 1 if params.temperature == 0 else params.n,  # vLLM rejects greedy n > 1: rows are copied
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -357,10 +413,13 @@ class VLLMRolloutEngine:
         lengths = np.zeros(rows, np.int32)
         finished = np.zeros(rows, bool)
         for i, resp in enumerate(responses):
-            choices = resp.get("choices") or []
-            if len(choices) != n:
-                raise VLLMServerError(f"prompt {i}: asked for n={n} samples, the server returned {len(choices)}")
-            for j, choice in enumerate(sorted(choices, key=lambda c: c["index"])):
+            choices = sorted(resp.get("choices") or [], key=lambda c: c["index"])
+            asked = 1 if params.temperature == 0 else n
+            if len(choices) != asked:
+                raise VLLMServerError(f"prompt {i}: asked for n={asked} samples, the server returned {len(choices)}")
+            if asked == 1:
+                choices = choices * n  # greedy: every sample of a prompt is the same sequence
+            for j, choice in enumerate(choices):
                 r = i * n + j
                 ids = choice.get("token_ids")
                 lp = choice.get("logprobs") or {}

@@ -30,6 +30,7 @@ copy) instead of writing files; the probe check after it stays the same.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -212,8 +213,12 @@ def default_probe_tokens(config: QwenConfig, length: int = 64, seed: int = 1234)
     return [int(t) for t in rng.integers(0, high, size=length)]
 
 
+@functools.lru_cache(maxsize=16)
 def make_trainer_logprobs(graphdef: nnx.GraphDef):
-    """jitted `(state, tokens i32[1,T]) -> f32[T-1]`: teacher-forced log p(tokens[t] | tokens[:t]), t >= 1."""
+    """jitted `(state, tokens i32[1,T]) -> f32[T-1]`: teacher-forced log p(tokens[t] | tokens[:t]), t >= 1.
+
+    Cached per graphdef, so engines and probes of one architecture share one compiled function.
+    """
 
     @jax.jit
     def fn(state, tokens):

@@ -27,7 +27,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from capojax.models import QwenConfig, init_model, load_pretrained, save_pretrained
+from capojax.models import Qwen, QwenConfig, load_pretrained, save_pretrained
 from capojax.rollout import RolloutEngine, SamplingParams
 from capojax.rollout.vllm_engine import VLLMClient, VLLMRequestError, VLLMRolloutEngine, prompt_seed
 from capojax.rollout.vllm_server import (
@@ -116,7 +116,7 @@ class FakeVLLM:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self):
@@ -327,18 +327,20 @@ def test_client_rejects_bad_url():
 
 @functools.lru_cache(maxsize=None)
 def _model(seed):
-    """A tiny random Qwen with matrices scaled up (peaked next-token distributions) and non-zero biases;
-    seed > 0 perturbs the seed-0 model (as a training step would) instead of paying for a second init."""
-    if seed == 0:
-        model = init_model(CONFIG, seed=0)
-        change = lambda s: jax.tree.map(lambda x: x * 10.0 if x.ndim >= 2 else x + 0.1, s)  # noqa: E731
-    else:
-        model = nnx.clone(_model(0))
-        keys = lambda s: jax.random.split(jax.random.key(seed), len(jax.tree.leaves(s)))  # noqa: E731
-        change = lambda s: jax.tree.unflatten(jax.tree.structure(s), [  # noqa: E731
-            x + 0.5 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(jax.tree.leaves(s), keys(s))])
-    nnx.update(model, jax.jit(change)(nnx.state(model, nnx.Param)))
-    return model
+    """A tiny Qwen with numpy-random weights (std 0.3: peaked next-token distributions; non-zero biases).
+
+    The structure comes from `nnx.eval_shape` and the values from numpy, so no init program is compiled;
+    seed > 0 perturbs the seed-0 weights (as a training step would)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen(CONFIG, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    base = jax.tree.leaves(nnx.state(_model(0))) if seed else None
+
+    def value(k, a):
+        noise = rng.normal(size=a.shape).astype(np.float32)
+        return jnp.asarray(noise * 0.3 if base is None else np.asarray(base[k]) + 0.1 * noise, a.dtype)
+
+    leaves, tree = jax.tree.flatten(abstract)
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, [value(k, a) for k, a in enumerate(leaves)]))
 
 
 def test_hf_tensors_equal_save_pretrained(tmp_path):
@@ -488,3 +490,36 @@ def test_launcher_rejects_missing_checkpoint(tmp_path):
     (tmp_path / "ck" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="setup_vllm_venv"):
         launch_vllm_server(ServerConfig(model=str(tmp_path / "ck"), python=str(tmp_path / "no-python")))
+
+
+def _rl_config(url, **rollout):
+    import ml_collections
+
+    config = ml_collections.ConfigDict({
+        "rollout": {"engine": "vllm", "vllm_url": url, "max_new_tokens": 8, **rollout},
+        "data": {"max_prompt_len": 16}, "train": {"seed": 0}})
+    return config
+
+
+def test_from_config_pushes_actor_weights_only_when_the_server_differs(fake, tmp_path):
+    initial, trained = _model(0), _model(1)
+    fake.set_weights_from(initial, tmp_path)
+    config = _rl_config(fake.url, vllm_logp_tol=1e-5, vllm_sync_dir=str(tmp_path / "shm"))
+    engine = VLLMRolloutEngine.from_config(config, model=initial, checkpoint_dir=str(tmp_path), pad_id=0,
+                                           eos_ids=(2,))
+    assert not [p for p, _ in fake.requests if p == "/collective_rpc"]  # same weights: nothing pushed
+    assert engine.eos_ids == (2,) and engine.weight_sync.tolerance == 1e-5
+    engine.close()
+    engine = VLLMRolloutEngine.from_config(config, model=trained, checkpoint_dir=str(tmp_path), pad_id=0)
+    assert len([p for p, _ in fake.requests if p == "/collective_rpc"]) == 1  # a resumed actor: pushed
+    assert engine.check_weights(trained)["sync/logp_gap"] <= 1e-5
+    engine.close()
+
+
+def test_from_config_without_server_says_how_to_start_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(VLLMServerError, match=r"serve_vllm.py --model .*rollout.vllm_launch=True"):
+        VLLMRolloutEngine.from_config(_rl_config(f"http://127.0.0.1:{port}"), model=_model(0),
+                                      checkpoint_dir=str(tmp_path), pad_id=0)
