@@ -40,6 +40,7 @@ def tiny_base_settings() -> ml_collections.ConfigDict:
     c.min_ops = 2  # fewest operations per SFT problem
     c.max_ops = 3  # most operations per SFT problem
     c.operand_max = 9  # largest operand
+    c.ops = "+-"  # operators of the SFT problems (with "*" a 300-step base solves too few for RL)
     c.hidden_size = 128  # model width
     c.num_layers = 4  # transformer blocks
     c.num_heads = 2  # query heads (head_dim 64, as vLLM's CPU attention kernels need)
@@ -86,6 +87,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.synthetic.min_ops = 2  # fewest operations per problem
     d.synthetic.max_ops = 3  # most operations per problem
     d.synthetic.operand_max = 9  # largest operand
+    d.synthetic.ops = "+-"  # operators the problems use (same task as the SFT base)
 
     config.rollout = r = ml_collections.ConfigDict()
     r.engine = "jax"  # "jax" (embedded KV-cache sampler) | "vllm" (sidecar server)

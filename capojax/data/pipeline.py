@@ -168,10 +168,11 @@ def read_rows(path: str | os.PathLike) -> tuple[list[Any], int]:
     raise DataError(f"{path}: unsupported extension; use .jsonl, .json or .parquet")
 
 
-def synthetic_rows(num_problems: int, *, seed: int, min_ops: int, max_ops: int, operand_max: int) -> list[dict]:
+def synthetic_rows(num_problems: int, *, seed: int, min_ops: int, max_ops: int, operand_max: int,
+                   ops: str = "+-*") -> list[dict]:
     from capojax.data import synthetic
 
-    settings = synthetic.TaskSettings(min_ops=min_ops, max_ops=max_ops, operand_max=operand_max)
+    settings = synthetic.TaskSettings(min_ops=min_ops, max_ops=max_ops, operand_max=operand_max, ops=tuple(ops))
     return synthetic.problems_as_records(synthetic.make_problems(num_problems, seed=seed, settings=settings))
 
 
@@ -192,7 +193,8 @@ def build_prompt_data(data_cfg, tokenizer, *, rows: Sequence[Any] | None = None,
         if data_cfg.source == "synthetic":
             s = data_cfg.synthetic
             rows = synthetic_rows(int(s.num_problems), seed=int(s.seed), min_ops=int(s.min_ops),
-                                  max_ops=int(s.max_ops), operand_max=int(s.operand_max))
+                                  max_ops=int(s.max_ops), operand_max=int(s.operand_max),
+                                  ops=str(s.get("ops", "+-*")))
         elif not data_cfg.source:
             raise DataError("config.data.source is empty: set it to a .jsonl/.json/.parquet file or 'synthetic'.")
         else:
