@@ -26,6 +26,9 @@ def _maybe_init_distributed() -> None:
     auto-detects, signalled by CAPOJAX_DISTRIBUTED=1), join the job before any device is touched."""
     import jax
 
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("CAPOJAX_DISTRIBUTED") == "1":
+        # CPU hosts (tests, CPU clusters) need a collectives backend for cross-process reductions.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]), process_id=int(os.environ["JAX_PROCESS_ID"])

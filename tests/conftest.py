@@ -27,3 +27,13 @@ def qwen_tokenizer_dir(shared_data) -> pathlib.Path:
     if not (path / "tokenizer.json").is_file():
         pytest.skip(f"real Qwen2.5 tokenizer not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A quickly SFT'd tiny base (few steps: it only has to be a real checkpoint, not a good model)."""
+    from capojax import sft
+
+    settings = sft.SFTSettings(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, intermediate_size=128,
+                               steps=30, batch_size=16, eval_problems=16)
+    return sft.ensure_tiny_base(tmp_path_factory.mktemp("cache"), settings)

@@ -1,46 +1,10 @@
 """End to end through the real CLI: each tiny config for a few steps, resume, and bad input."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-# Small enough for the default suite on 2 cores; same code path as the demo.
-FAST = [
-    "--config.train.steps=2", "--config.train.prompts_per_step=4", "--config.train.ppo_mini_batch=2",
-    "--config.rollout.n=4", "--config.rollout.max_new_tokens=24", "--config.rollout.val_n=2",
-    "--config.data.holdout=4", "--config.log.val_every=2", "--config.checkpoint.every=1",
-]
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory):
-    """A quickly SFT'd tiny base (few steps: it only has to be a real checkpoint, not a good model)."""
-    from capojax import sft
-
-    settings = sft.SFTSettings(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, intermediate_size=128,
-                               steps=30, batch_size=16, eval_problems=16)
-    return sft.ensure_tiny_base(tmp_path_factory.mktemp("cache"), settings)
-
-
-def run_cli(config: str, workdir, *extra: str, env_extra=None, check=True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(env_extra or {}))
-    env.pop("XLA_FLAGS", None)  # the CLI runs on the one real CPU device, like a user's first run
-    cmd = [sys.executable, "-m", "capojax.train", f"--config=configs/{config}.py", f"--workdir={workdir}", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def read_metrics(workdir) -> list[dict]:
-    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
+from e2e import FAST, read_metrics, run_cli
 
 REQUIRED = ["reward/mean", "accuracy", "auc_mean", "ece", "lpm/correct", "lpm/wrong", "entropy", "clip_frac",
             "grad_norm", "response_len/mean", "frac_zero_std", "adv/abs_mean", "timing/rollout", "timing/reward",

@@ -479,14 +479,13 @@ class Trainer:
             bar.close()
             self.checkpointer.close()
             self.logger.close()
-        if config.checkpoint.export_hf and jax.process_index() == 0:
-            out = os.path.join(self.workdir, "hf")
-            save_pretrained(nnx.merge(self.graphdef, self.params), self.model_config, out)
-            self._copy_tokenizer(out)
+        if config.checkpoint.export_hf:
+            host_params = jax.tree.map(to_host, self.params)  # every process joins the gather; process 0 writes
+            if jax.process_index() == 0:
+                out = os.path.join(self.workdir, "hf")
+                save_pretrained(nnx.merge(self.graphdef, host_params), self.model_config, out)
+                self.tokenizer.save_pretrained(out)
         return last
-
-    def _copy_tokenizer(self, out: str) -> None:
-        self.tokenizer.save_pretrained(out)
 
     def close(self) -> None:
         self.engine.close()
