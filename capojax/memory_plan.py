@@ -497,10 +497,16 @@ def suggestions(plan: MemoryPlan) -> list[str]:
     return out
 
 
+def _chunk_logits_per_device(plan: MemoryPlan) -> int:
+    """Bytes of a whole chunk's f32 logits [chunk rows, T, V] with only the vocabulary split (over tp)."""
+    tp = plan.mesh["tp"] if plan.vocab_size % plan.mesh["tp"] == 0 else 1
+    return plan.logprob_chunk_rows * plan.response_len * plan.vocab_size * 4 // tp
+
+
 def activations_replicated(plan: MemoryPlan) -> bool:
-    """Whether the log-prob pass holds a whole chunk's f32 logits [chunk rows, T, V] on every device, i.e. XLA
-    did not split the activations over the fsdp devices (each would hold 1/fsdp of the rows otherwise)."""
-    whole_chunk_logits = plan.logprob_chunk_rows * plan.response_len * plan.vocab_size * 4
+    """Whether the log-prob pass holds a whole chunk's f32 logits [chunk rows, T, V/tp] on every device, i.e. XLA
+    did not split the activations' rows over the fsdp devices (each would hold 1/fsdp of the rows otherwise)."""
+    whole_chunk_logits = _chunk_logits_per_device(plan)
     # Only meaningful where the logits dominate the temporaries (real vocabularies and lengths).
     return plan.mesh["fsdp"] > 1 and whole_chunk_logits <= plan.logprob.temp <= 4 * whole_chunk_logits
 
@@ -526,7 +532,7 @@ def format_plan(plan: MemoryPlan) -> str:
     if activations_replicated(plan):
         lines.append(
             f"note: the log-prob pass keeps the f32 logits of all {plan.logprob_chunk_rows} rows of a chunk on every "
-            f"device ({plan.logprob_chunk_rows * plan.response_len * plan.vocab_size * 4 / GB:.1f} GB): XLA did not "
+            f"device ({_chunk_logits_per_device(plan) / GB:.1f} GB, vocabulary split over tp): XLA did not "
             f"split the activations over the {plan.mesh['fsdp']} fsdp devices (it follows the parameters' hidden-dim "
             f"sharding instead); a batch-over-fsdp sharding constraint on the residual stream would divide the "
             f"temporaries by up to {plan.mesh['fsdp']}.")

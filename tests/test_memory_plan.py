@@ -114,8 +114,8 @@ def test_total_is_the_peak_phase_and_fits_follows_the_budget(plan):
 
 
 def test_replicated_activations_are_flagged(plan):
-    # A chunk's whole f32 logits [rows, T, V] in every device's temporaries means XLA did not split the rows.
-    whole = plan.logprob_chunk_rows * plan.response_len * 151936 * 4
+    # A chunk's whole f32 logits [rows, T, V / tp] in every device's temporaries means XLA did not split the rows.
+    whole = plan.logprob_chunk_rows * plan.response_len * 151936 * 4 // plan.mesh["tp"]
     replicated = dataclasses.replace(plan, vocab_size=151936,
                                      logprob=dataclasses.replace(plan.logprob, temp=int(1.5 * whole)))
     assert mp.activations_replicated(replicated)
