@@ -11,6 +11,7 @@ between vLLM (float32, CPU) and the JAX model are ~2e-6.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import threading
 import time
@@ -89,12 +90,36 @@ def _prompts(tokenizer):
     return [tokenizer.encode(t) for t in TEXTS]
 
 
+L = 64  # sequences are right-padded to this length: one compile for every JAX check (causal: pads change nothing)
+
+
+@functools.lru_cache(maxsize=4)
+def _jax_fn(graphdef):
+    @jax.jit
+    def fn(state, tokens, temperature):
+        """tokens i32[1,L] -> (log p(tokens[t+1] | tokens[:t+1]) f32[L-1], argmax next token i32[L])."""
+        logits = nnx.merge(graphdef, state)(tokens).astype(jnp.float32)[0]
+        logp = jax.nn.log_softmax(logits[:-1] / temperature, axis=-1)
+        return jnp.take_along_axis(logp, tokens[0, 1:, None], axis=-1)[:, 0], jnp.argmax(logits, axis=-1)
+
+    return fn
+
+
+def _jax(model, seq, temperature=1.0):
+    if len(seq) > L:
+        raise ValueError(f"sequence of {len(seq)} tokens > L={L}")
+    tokens = np.full((1, L), ENDOFTEXT, np.int32)
+    tokens[0, :len(seq)] = seq
+    graphdef, state = nnx.split(model)
+    logp, argmax = _jax_fn(graphdef)(state, jnp.asarray(tokens), jnp.float32(temperature))
+    return np.asarray(logp), np.asarray(argmax)
+
+
 def _teacher_forced(model, prompt, completion, temperature=1.0):
     """f32[len(completion)]: log-probs of the completion under `model` at `temperature`."""
-    seq = jnp.asarray([list(prompt) + list(completion)], jnp.int32)
-    logits = model(seq).astype(jnp.float32)[0, len(prompt) - 1:-1] / temperature
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return np.asarray(jnp.take_along_axis(logp, jnp.asarray(completion)[:, None], axis=-1)[:, 0])
+    seq = list(prompt) + [int(t) for t in completion]
+    logp, _ = _jax(model, seq, temperature)
+    return logp[len(prompt) - 1:len(seq) - 1]
 
 
 def _max_gap(model, prompts, out, temperature=1.0):
@@ -136,12 +161,10 @@ def test_greedy_and_stop_tokens(setup):
     greedy = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=8, temperature=0.0))
     np.testing.assert_array_equal(greedy.tokens[0::2], greedy.tokens[1::2])  # greedy samples agree
     assert _max_gap(model, prompts, greedy) <= TOL  # greedy reports the model's own (T=1) log-probs, like JAX
-    for i, p in enumerate(prompts):  # greedy = argmax of the JAX model, token by token
-        seq = list(p)
-        for t in range(8):
-            nxt = int(jnp.argmax(model(jnp.asarray([seq], jnp.int32))[0, -1]))
-            assert nxt == greedy.tokens[2 * i, t], (i, t)
-            seq.append(nxt)
+    for i, p in enumerate(prompts):  # greedy = the JAX model's argmax at every position of the greedy path
+        seq = list(p) + [int(t) for t in greedy.tokens[2 * i]]
+        _, argmax = _jax(model, seq)
+        np.testing.assert_array_equal(argmax[len(p) - 1:len(seq) - 1], greedy.tokens[2 * i])
     stop = int(greedy.tokens[0, 3])  # a token the first prompt's greedy path emits at position 3
     out = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=8, temperature=0.0, stop_token_ids=(stop,)))
     first = list(greedy.tokens[0]).index(stop)
