@@ -35,7 +35,10 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch default)")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     config = PRESETS["tiny-bench"]
     model = init_model(config, seed=args.seed)
@@ -77,25 +80,33 @@ def main():
         hf_lp = logp.gather(-1, torch.from_numpy(rollout.tokens).long()[..., None])[..., 0].numpy()
     parity = float(np.abs(hf_lp - rollout.logprobs).max())
 
+    # CPU seconds (all threads of this process) next to wall time: on a shared machine wall time mostly
+    # measures the neighbours, and multi-threaded torch suffers most from losing its cores.
     times = {"capojax (JAX sampler)": [], "transformers generate": []}
+    cpu = {name: [] for name in times}
     for _ in range(args.repeats):
         for name, fn in (("capojax (JAX sampler)", ours), ("transformers generate", theirs)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
 
     base = statistics.median(times["transformers generate"])
+    base_cpu = statistics.median(cpu["transformers generate"])
     print(f"\nsampler benchmark: tiny-bench Qwen2 (hidden 256, 4 layers, vocab 1024), batch {args.batch}, "
           f"prompt {args.prompt_len}, {args.new_tokens} new tokens, T=1, EOS ignored; {args.repeats} interleaved "
           f"runs, median")
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}, {len(jax.devices())} devices), "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"{os.cpu_count()} CPUs")
-    print(f"{'engine':<24}{'median s':>10}{'min s':>10}{'tok/s':>10}{'ms/token step':>15}{'vs transformers':>17}")
+    print(f"load average at start {os.getloadavg()[0]:.1f} (wall-time figures need an idle machine)")
+    print(f"{'engine':<24}{'median s':>10}{'min s':>10}{'tok/s':>10}{'ms/step':>10}{'speedup':>10}"
+          f"{'cpu s':>10}{'tok/cpu-s':>11}{'cpu speedup':>13}")
     for name, ts in times.items():
-        med = statistics.median(ts)
+        med, med_cpu = statistics.median(ts), statistics.median(cpu[name])
         print(f"{name:<24}{med:>10.3f}{min(ts):>10.3f}{tokens_per_run / med:>10.0f}"
-              f"{1e3 * med / args.new_tokens:>15.2f}{base / med:>16.2f}x")
+              f"{1e3 * med / args.new_tokens:>10.2f}{base / med:>9.2f}x"
+              f"{med_cpu:>10.3f}{tokens_per_run / med_cpu:>11.0f}{base_cpu / med_cpu:>12.2f}x")
     print(f"first capojax call (compile + run): {compile_s:.2f} s; "
           f"max |logp ours - logp transformers teacher-forced| = {parity:.2e}")
 
