@@ -72,12 +72,14 @@ def param_arrays(params: Any) -> dict[tuple[str, ...], jax.Array]:
     return out
 
 
-def hf_tensors(params: Any, config: QwenConfig, *, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+def hf_tensors(params: Any, config: QwenConfig, *, dtype=None,
+               whole_bytes: int = 1 << 30) -> Iterator[tuple[str, np.ndarray]]:
     """(HF tensor name, host array) for every weight of `params` in HF layout, following `weight_table`.
 
     params: a `Qwen` or its nnx.State (all variables or only `nnx.Param`); dtype: cast to this dtype
-    (default: keep the parameter dtype; bfloat16 gives ml_dtypes arrays). One layer slice is fetched to the
-    host at a time, so host memory holds one tensor, not the model.
+    (default: keep the parameter dtype; bfloat16 gives ml_dtypes arrays). A stacked per-layer parameter of at
+    most `whole_bytes` is fetched to the host in one transfer and sliced there; a larger one one layer slice at
+    a time (each slice shape compiles once, on the first sync), so host memory stays bounded for 7B+ models.
     """
     arrays = param_arrays(params)
     table = weight_table(config)
@@ -90,14 +92,16 @@ def hf_tensors(params: Any, config: QwenConfig, *, dtype=None) -> Iterator[tuple
         if entry.per_layer:
             if x.shape[0] != config.num_layers:
                 raise ValueError(f"{entry.path} has leading dim {x.shape[0]}, config has {config.num_layers} layers")
+            if x.size * x.dtype.itemsize <= whole_bytes:
+                x = np.asarray(jax.device_get(x if dtype is None else x.astype(dtype)))
             for i in range(config.num_layers):
                 yield entry.hf_name.format(i=i), _to_host(x[i], entry.layout, dtype)
         else:
             yield entry.hf_name, _to_host(x, entry.layout, dtype)
 
 
-def _to_host(x: jax.Array, layout: str, dtype) -> np.ndarray:
-    if dtype is not None:
+def _to_host(x: jax.Array | np.ndarray, layout: str, dtype) -> np.ndarray:
+    if dtype is not None and x.dtype != jnp.dtype(dtype):
         x = x.astype(dtype)
     return np.ascontiguousarray(to_hf(layout, np.asarray(jax.device_get(x))))
 
