@@ -130,3 +130,15 @@ def cache_sharding(mesh: Mesh, num_kv_heads: int, batch: int) -> NamedSharding:
     spec = logical_to_spec((None, "batch", "cache_len", "kv_heads", "head_dim"),
                            (1, batch, 1, num_kv_heads, 1), mesh)
     return NamedSharding(mesh, spec)
+
+
+def to_host(x) -> np.ndarray:
+    """The whole (global) value of `x` as numpy on every process: a plain device_get when `x` is fully
+    addressable, the local copy when it is replicated, else an all-gather across processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from capojax.rollout.base import Rollout, SamplingParams
 from capojax.models.qwen import rms_norm, rope_tables
-from capojax.sharding import logical_to_spec
+from capojax.sharding import logical_to_spec, to_host
 
 # Stop ids are a traced i32[MAX_STOP_IDS] array padded with -1, so changing them does not recompile.
 MAX_STOP_IDS = 16
@@ -288,7 +288,7 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
         raise ValueError(f"prompt_tokens and prompt_mask must both be [B, P]; got {prompt_tokens.shape} "
                          f"and {prompt_mask.shape}")
-    if not bool(jnp.all(prompt_mask.any(-1))):
+    if not bool(to_host(jnp.all(prompt_mask.any(-1)))):
         raise ValueError("every prompt needs at least one real token (a row of prompt_mask is all False)")
     buffer_len = params.max_new_tokens if buffer_len is None else int(buffer_len)
     if buffer_len < params.max_new_tokens:
@@ -379,7 +379,7 @@ class JaxRolloutEngine:
                      buffer_len=t_bucket, mesh=self.mesh)
         rows = num * params.n
         T = params.max_new_tokens
-        out = jax.device_get(out)
+        out = jax.tree.map(to_host, out)  # multi-process: every process gets all rows
         lengths = np.asarray(out.lengths[:rows], np.int32)
         return Rollout(
             tokens=np.asarray(out.tokens[:rows, :T], np.int32),

@@ -29,11 +29,10 @@ from capojax import objectives
 from capojax.data import pipeline
 from capojax.models import load_pretrained, save_pretrained
 from capojax.rollout.base import RolloutEngine, SamplingParams
-from capojax.sharding import make_mesh
+from capojax.sharding import make_mesh, to_host
 from capojax.tokenizer import load_tokenizer, special_token_ids
 from capojax.trainer import batch as batch_lib
 from capojax.trainer import faults
-from capojax.trainer.host import to_host
 from capojax.trainer.logger import MetricsLogger
 from capojax.trainer.logprobs import make_logprob_fn
 from capojax.trainer.optim import build_optimizer

@@ -69,10 +69,11 @@ def make_update_fn(
         def accumulate(grads, inputs):
             micro, weight = inputs
             (loss, metrics), g = grad_fn(params, micro)
-            grads = jax.tree.map(lambda acc, x: acc + weight * x, grads, g)
+            grads = jax.tree.map(lambda acc, x: acc + weight * x.astype(jnp.float32), grads, g)
             return grads, (loss * weight, jax.tree.map(lambda m: m * weight, metrics))
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        # f32 accumulator whatever the param dtype: bf16 sums of micro-batch gradients lose the small ones.
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, (micros, weights))
         loss = losses.sum()
         metrics = jax.tree.map(lambda m: m.sum(0), metrics)

@@ -91,3 +91,15 @@ def test_logprob_pass_equals_the_model_forward(model):
 def test_chunk_count_divides_rows_within_the_cap(rows, per_chunk, expected):
     k = chunk_count(rows, per_chunk)
     assert k == expected and rows % k == 0
+
+
+def test_bf16_params_accumulate_in_f32_and_update(model):
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.split(model)[1])
+    graphdef = nnx.split(model)[0]
+    sgd = optax.sgd(1e-2)
+    fn = make_update_fn(graphdef, sgd, get_algorithm("grpo").objective(), temperature=1.0, micro_batches=2)
+    new_params, _, metrics = fn(jax.tree.map(jnp.copy, bf16), sgd.init(bf16), _minibatch())
+    assert float(metrics["update/skipped"]) == 0.0
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new_params))
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), new_params, bf16))
+    assert any(changed)
