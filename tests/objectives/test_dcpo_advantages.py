@@ -103,7 +103,7 @@ def _normalisation_atol(rewards, scale, eps=1e-6):
 class DcpoTheorems(chex.TestCase):
     # 8. Each token gets exactly its own advantage; each normalised reward sums to 0 within a group.
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(15)
+    @fast(10)
     @given(
         data=st.data(),
         g=st.sampled_from([1, 3, 6]),

@@ -133,7 +133,7 @@ def _autodiff_logistic_advantages(correct, scores, tau):
 class AdvantageTheorems(chex.TestCase):
     # 1. U-statistic identity: sum_i (R_i - mean R) x_i == (1/G) sum_{i<j} (R_i - R_j)(x_i - x_j).
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(20)
+    @fast(12)
     @given(g=st.sampled_from(G_VALUES), data=st.data())
     def test_u_statistic_identity(self, g, data):
         r = data.draw(hnp.arrays(np.float32, (1, g), elements=f32(-10, 10)))
@@ -152,7 +152,7 @@ class AdvantageTheorems(chex.TestCase):
 
     # 2. The linear surrogate gives Dr.GRPO exactly, whatever the scores.
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(20)
+    @fast(12)
     @given(data=groups(score_range=100.0))
     def test_linear_pairwise_equals_drgrpo_exactly(self, data):
         correct, scores = data
@@ -162,13 +162,13 @@ class AdvantageTheorems(chex.TestCase):
 
     # 3. Closed form == -(1/G) autodiff gradient of the logistic pairwise loss (with and without the mask).
     @chex.variants(with_jit=True)
-    @fast(20)
+    @fast(12)
     @given(data=groups(), tau=f32(0.05, 3.0), ref=st.data())
     def test_capo_closed_form_equals_autodiff(self, data, tau, ref):
         self._test_capo_closed_form_equals_autodiff(data, tau, ref)
 
     @chex.variants(without_jit=True)  # eager is ~10x slower per example: fewer examples
-    @fast(5)
+    @fast(3)
     @given(data=groups(), tau=f32(0.05, 3.0), ref=st.data())
     def test_capo_closed_form_equals_autodiff_eager(self, data, tau, ref):
         self._test_capo_closed_form_equals_autodiff(data, tau, ref)
@@ -187,7 +187,7 @@ class AdvantageTheorems(chex.TestCase):
 
     # 6a. Monotonicity in a sample's own lpm (strict whenever it has a counterpart).
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(20)
+    @fast(12)
     @given(data=groups(score_range=1.0), tau=f32(0.5, 2.0), delta=f32(0.1, 1.0), pick=st.data())
     def test_capo_monotone_in_own_lpm(self, data, tau, delta, pick):
         correct, scores = data
@@ -209,7 +209,7 @@ class AdvantageTheorems(chex.TestCase):
     # 6b. Misranked samples weigh most: among wrong samples the most confident gets the largest penalty,
     # among correct samples the least confident gets the largest reward.
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(20)
+    @fast(12)
     @given(data=groups(mixed=True), tau=f32(0.05, 2.0))
     def test_capo_weights_follow_misranking(self, data, tau):
         correct, scores = data
@@ -225,7 +225,7 @@ class AdvantageTheorems(chex.TestCase):
 
     # 6c. Uniform groups give 0; shifting a group's lpm by a constant changes nothing.
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(20)
+    @fast(12)
     @given(data=groups(), tau=f32(0.25, 2.0), shift=st.data(), uniform=st.booleans())
     def test_capo_shift_invariance_and_uniform_groups(self, data, tau, shift, uniform):
         correct, scores = data
@@ -241,7 +241,7 @@ class AdvantageTheorems(chex.TestCase):
 
     # 6d. Permuting samples within a group permutes the advantages; groups are independent.
     @chex.variants(with_jit=True, without_jit=True)
-    @fast(20)
+    @fast(12)
     @given(data=groups(g_values=(2, 5, 8)), tau=f32(0.1, 2.0), perm_data=st.data())
     def test_capo_permutation_equivariance_and_group_independence(self, data, tau, perm_data):
         correct, scores = data

@@ -198,7 +198,7 @@ class AggregationTheorems(chex.TestCase):
         self._test_token_mean_equals_seq_mean_token_mean_for_equal_lengths(batch)
 
     @chex.variants(without_jit=True)  # eager is ~10x slower per example: fewer examples
-    @fast(3)
+    @fast(2)
     @given(batch=_token_batch(equal_lengths=True))
     def test_token_mean_equals_seq_mean_token_mean_for_equal_lengths_eager(self, batch):
         self._test_token_mean_equals_seq_mean_token_mean_for_equal_lengths(batch)
@@ -213,13 +213,13 @@ class AggregationTheorems(chex.TestCase):
     # 9b. Padding (extra columns and extra all-padding rows, filled with garbage) never changes the loss,
     # its metrics, or the gradient on real tokens; the gradient on padding is exactly 0.
     @chex.variants(with_jit=True)
-    @fast(15)
+    @fast(10)
     @given(batch=_token_batch(), fill=st.sampled_from([0.0, -1e9, np.nan, np.inf]))
     def test_padding_never_changes_the_loss(self, batch, fill):
         self._test_padding_never_changes_the_loss(batch, fill)
 
     @chex.variants(without_jit=True)  # eager is ~10x slower per example: fewer examples
-    @fast(3)
+    @fast(2)
     @given(batch=_token_batch(), fill=st.sampled_from([0.0, -1e9, np.nan, np.inf]))
     def test_padding_never_changes_the_loss_eager(self, batch, fill):
         self._test_padding_never_changes_the_loss(batch, fill)
@@ -240,13 +240,13 @@ class AggregationTheorems(chex.TestCase):
     # 7. End to end: at ratio 1 with seq-mean-token-mean, d loss / d logp_{i,t} = -(1/G) A_i / |o_i| for one
     # prompt (-(1/(B G)) for B prompts), i.e. the first PPO step is the surrogate's gradient through lpm.
     @chex.variants(with_jit=True)
-    @fast(15)
+    @fast(10)
     @given(data=st.data(), b=st.sampled_from([1, 2]), tau=f32(0.1, 2.0))
     def test_first_step_follows_surrogate_gradient_through_lpm(self, data, b, tau):
         self._test_first_step_follows_surrogate_gradient_through_lpm(data, b, tau)
 
     @chex.variants(without_jit=True)  # eager is ~10x slower per example: fewer examples
-    @fast(4)
+    @fast(2)
     @given(data=st.data(), b=st.sampled_from([1, 2]), tau=f32(0.1, 2.0))
     def test_first_step_follows_surrogate_gradient_through_lpm_eager(self, data, b, tau):
         self._test_first_step_follows_surrogate_gradient_through_lpm(data, b, tau)
