@@ -115,7 +115,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     a.kl_coef = 0.0  # weight of the KL penalty to the reference (0 = off; the reference is still used by CAPO)
     a.kl_kind = "k3"  # KL estimator: k1 | k2 | k3
     a.entropy_coef = 0.0  # weight of the entropy bonus
-    a.loss_agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    a.loss_agg = ""  # "" = the algorithm's own; or token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
 
     config.optim = o = ml_collections.ConfigDict()
     o.lr = 1e-6  # peak learning rate
@@ -148,6 +148,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.log.num_text_samples = 2  # completions written as text per logged step
 
     config.dry_run = False  # build abstractly, compile, print the per-device memory plan and exit
+    config.device_memory_gb = 80.0  # per-device memory the dry-run plan is checked against
+    config.plan_devices = 8  # devices of the planned mesh when mesh.fsdp = -1 (fake CPU devices in a dry run)
+    config.plan_json = ""  # also write the dry-run plan as JSON to this path ("" = don't)
     return config
 
 

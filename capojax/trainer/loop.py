@@ -161,6 +161,9 @@ class Trainer:
         self.step = 0
 
         self._loss_overrides = self._pick(self.spec.loss_hparams, config.algo, {"agg": "loss_agg"})
+        # seq-mean-token-sum-norm (Dr.GRPO) divides token sums by a constant length: the response limit, not the
+        # padded bucket, so the loss does not depend on batch shapes. The other aggregations ignore it.
+        self._loss_overrides["norm_len"] = int(config.rollout.max_new_tokens)
         self._adv_overrides = self._pick(self.spec.advantage_hparams, config.algo, {})
         objective = self.spec.objective(**self._loss_overrides)
         rows_per_update = int(t.ppo_mini_batch) * int(config.rollout.n)
