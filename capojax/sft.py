@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from capojax.data import synthetic
+from capojax.rollout.sampler import pad_prompts
 
 log = logging.getLogger(__name__)
 
@@ -218,16 +219,6 @@ def generate(model, prompt_tokens: jax.Array, prompt_mask: jax.Array, key: jax.A
     return out
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    p = max(len(s) for s in seqs)
-    tokens = np.full((len(seqs), p), pad_id, np.int32)
-    mask = np.zeros((len(seqs), p), bool)
-    for i, s in enumerate(seqs):
-        tokens[i, p - len(s):] = s
-        mask[i, p - len(s):] = True
-    return tokens, mask
-
-
 def measure_accuracy(model, tokenizer, problems: Sequence[synthetic.SyntheticProblem], settings: SFTSettings, *,
                      temperature: float, seed: int = 0, max_new_tokens: int = 80, batch: int = 128) -> dict:
     """Accuracy (and, with ``confidence``, the fraction of parseable CONFIDENCE lines) on ``problems``."""
@@ -239,7 +230,8 @@ def measure_accuracy(model, tokenizer, problems: Sequence[synthetic.SyntheticPro
     correct, parsed, texts = [], [], []
     key = jax.random.key(seed)
     for s in range(0, len(prompts), batch):
-        toks, mask = left_pad(prompts[s : s + batch], tokenizer.pad_token_id)
+        chunk = prompts[s : s + batch]
+        toks, mask = pad_prompts(chunk, max(len(x) for x in chunk), tokenizer.pad_token_id)
         key, sub = jax.random.split(key)
         out = np.asarray(generate(model, jnp.asarray(toks), jnp.asarray(mask), sub, jnp.float32(temperature),
                                   max_new_tokens=max_new_tokens))

@@ -11,6 +11,7 @@ from flax import nnx
 
 from capojax import sft
 from capojax.data import synthetic
+from capojax.rollout.sampler import pad_prompts
 
 # Small enough for a fast CPU test; same code path as the real base.
 TINY = sft.SFTSettings(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, intermediate_size=128, steps=40,
@@ -72,7 +73,7 @@ def test_kv_cache_generation_matches_full_forward_greedy(built):
 
     prompts = [tok(render_prompt(p.problem, tokenizer=tok), add_special_tokens=False)["input_ids"]
                for p in synthetic.make_problems(3, seed=5, settings=sft.SFTSettings(max_ops=3).task)]
-    toks, mask = sft.left_pad(prompts, tok.pad_token_id)
+    toks, mask = pad_prompts(prompts, max(len(x) for x in prompts), tok.pad_token_id)
     n = 6
     out = np.asarray(sft.generate(model, jnp.asarray(toks), jnp.asarray(mask), jax.random.key(0), jnp.float32(0.0),
                                   max_new_tokens=n))

@@ -66,6 +66,15 @@ class Rollout:
         return int(self.tokens.shape[0])
 
 
+def check_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    """The engines' shared input check: at least one prompt, and no empty prompt."""
+    if len(prompts) == 0:
+        raise ValueError("generate() needs at least one prompt")
+    empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"prompts {empty[:5]} are empty; every prompt needs at least one token")
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """Generates completions and receives new weights after each update."""

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from capojax.rollout.base import Rollout, SamplingParams
+from capojax.rollout.base import Rollout, SamplingParams, check_prompts
 from capojax.models.qwen import rms_norm, rope_tables
 from capojax.sharding import logical_to_spec, to_host
 
@@ -361,11 +361,7 @@ class JaxRolloutEngine:
         """Samples params.n completions per prompt (token id lists) -> Rollout, prompt-major rows."""
         if self._closed:
             raise RuntimeError("JaxRolloutEngine.generate called after close()")
-        if len(prompts) == 0:
-            raise ValueError("generate() needs at least one prompt")
-        empty = [i for i, p in enumerate(prompts) if len(p) == 0]
-        if empty:
-            raise ValueError(f"prompts {empty[:5]} are empty; every prompt needs at least one token")
+        check_prompts(prompts)
         num = len(prompts)
         b_bucket = bucket(num)
         b_bucket = -(-b_bucket // self._row_multiple) * self._row_multiple

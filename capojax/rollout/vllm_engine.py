@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from capojax.rollout.base import Rollout, SamplingParams
+from capojax.rollout.base import Rollout, SamplingParams, check_prompts
 from capojax.rollout.vllm_server import VLLMServer, VLLMServerError
 from capojax.rollout.weight_sync import FileTransport, WeightSync, WeightTransport
 
@@ -385,11 +385,7 @@ class VLLMRolloutEngine:
         """Samples params.n completions per prompt (token id lists) -> Rollout with rows prompt-major."""
         if self._closed:
             raise RuntimeError("VLLMRolloutEngine.generate called after close()")
-        if len(prompts) == 0:
-            raise ValueError("generate() needs at least one prompt")
-        empty = [i for i, p in enumerate(prompts) if len(p) == 0]
-        if empty:
-            raise ValueError(f"prompts {empty[:5]} are empty; every prompt needs at least one token")
+        check_prompts(prompts)
         stop_ids = list(dict.fromkeys([*params.stop_token_ids, *self.eos_ids]))
         self.model_name  # resolve once, before the threads start  # noqa: B018
         payloads = [self._payload(p, i, params, stop_ids) for i, p in enumerate(prompts)]
