@@ -3,8 +3,9 @@
 Data flow of one `sample` call (`B` prompts, `n` samples each, `N = B * n` rows, prompt-major):
 
   prompt_tokens i32[B,P] (left-padded) --prefill, once per prompt--> KV cache of P slots + last logits
-  --repeat each prompt's cache n times, pad to P + T slots--> cache for N rows
-  --first token sampled from the prefill logits--> one `lax.while_loop` over new tokens:
+  --repeat each prompt's cache n times, one buffer per layer (keys [N,kv,D,S], values [N,kv,S,D])-->
+  --first token sampled from the prefill logits--> `lax.while_loop`s over new tokens, one per segment of
+  the completion buffer (see `_segment_ends`), each after growing the cache by the segment's slots:
        decode the previous token (S=1) -> logits f32[N,V] -> temperature / top-k / top-p -> sample
   --> until every row has stopped (stop id emitted) or `max_new_tokens` tokens exist.
 
@@ -12,9 +13,14 @@ Cache slots: the prompt sits in slots [0, P) (left padding masked out by `cache_
 in slot P + t. Generated slots are marked valid up front: the model's causal rule (a query at slot i only
 sees slots j <= i) already hides slots that are not written yet, so the mask never changes in the loop.
 
-Randomness: row r (prompt r // n, sample r % n) draws token t with `fold_in(fold_in(key, r), t)`, so a row's
-samples depend on (seed, row, step) only: not on the rows appended after it (the engine's batch padding)
-nor on how many steps other rows run.
+Randomness: row r (prompt r // n, sample r % n) draws token t by inverting the CDF at a uniform from
+`fold_in(fold_in(key, r), t)` (all drawn before the loop), so a row's samples depend on (seed, row, step)
+only: not on the rows appended after it (the engine's batch padding) nor on how many steps other rows run.
+
+Speed on CPU (scripts/bench_sampler.py): the step is a chain of small-batch dots whose cost is mostly fixed
+overhead and weight traffic, so the loop keeps the dot count low (fused q/k/v and gate/up on CPU, weights laid
+out as 2-D matrices once per call), keeps RNG and arg-max out of the loop (one uniform per row and step,
+inverse-CDF pick) and lets attention read only the slots its segment can have filled.
 
 Recompiles: shapes are the only compile keys besides the three static switches (greedy, top-k/top-p on
 or off, samples per prompt). `JaxRolloutEngine` buckets the prompt count, prompt length and the
@@ -25,7 +31,6 @@ traced values, so a training run compiles once per bucket.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any, NamedTuple, Sequence
@@ -37,7 +42,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from capojax.rollout.base import Rollout, SamplingParams, check_prompts
-from capojax.models.qwen import rms_norm, rope_tables
+from capojax.models.qwen import apply_rope, rms_norm, rope_tables
 from capojax.sharding import logical_to_spec, to_host
 
 # Stop ids are a traced i32[MAX_STOP_IDS] array padded with -1, so changing them does not recompile.
@@ -80,12 +85,31 @@ def process_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, 
     return jnp.where(x >= thresh, x, _NEG_INF)
 
 
-def _select(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, *, greedy: bool,
-            use_filter: bool) -> tuple[jax.Array, jax.Array]:
-    """Picks one token per row. logits f32[N,V], keys [N] -> (tokens i32[N], logprobs f32[N]).
+def _inverse_cdf(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """Draws one index per row with probability proportional to `weights` by inverting the CDF.
 
-    Sampling: the log-prob is under the processed distribution. Greedy: the point-mass distribution has
-    log-prob 0, which says nothing, so greedy reports the model's own (temperature-1) log-prob instead.
+    weights f32[N,V] >= 0 (each row with a positive entry), uniforms f32[N] in (0, 1] -> i32[N].
+    The pick is the last index of positive weight whose exclusive prefix sum is below u * total: the usual
+    "first index whose CDF reaches u * total" in exact arithmetic, but written so that rounding in the prefix
+    sums can never pick an index of weight 0 (a filtered token would get log-prob -inf).
+    """
+    cdf = jnp.cumsum(weights, axis=-1)
+    target = uniforms[:, None] * cdf[:, -1:]
+    eligible = (weights > 0) & (cdf - weights < target)
+    index = jnp.arange(weights.shape[-1], dtype=jnp.int32)
+    return jnp.max(jnp.where(eligible, index, -1), axis=-1)
+
+
+def _select(logits: jax.Array, uniforms: jax.Array, temperature, top_k, top_p, *, greedy: bool,
+            use_filter: bool) -> tuple[jax.Array, jax.Array]:
+    """Picks one token per row. logits f32[N,V], uniforms f32[N] in (0, 1) -> (tokens i32[N], logprobs f32[N]).
+
+    Sampling inverts the CDF of the processed distribution at `uniforms` (one draw per row instead of a Gumbel
+    draw per vocabulary entry: on CPU the V-wide random bits and the arg-max cost more than the model's step).
+    A token of probability 0 is never picked: the CDF is flat there and the pick is the first index whose
+    CDF reaches u * total > 0. Sampling: the log-prob is under the processed distribution. Greedy: the
+    point-mass distribution has log-prob 0, which says nothing, so greedy reports the model's own
+    (temperature-1) log-prob instead.
     """
     logits = logits.astype(jnp.float32)
     if greedy:
@@ -93,7 +117,7 @@ def _select(logits: jax.Array, keys: jax.Array, temperature, top_k, top_p, *, gr
         tokens = jnp.argmax(x, axis=-1).astype(jnp.int32)
     else:
         x = process_logits(logits, temperature, top_k, top_p, use_filter=use_filter)
-        tokens = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+        tokens = _inverse_cdf(jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)), uniforms)
     picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
     return tokens, picked - jax.nn.logsumexp(x, axis=-1)
 
@@ -132,59 +156,164 @@ def _constrain_rows(x: jax.Array, axis: int, mesh: Mesh | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
-def _constrain_step_cache(x: jax.Array, mesh: Mesh | None) -> jax.Array:
-    """A layer's cache [N, kv, S, D]: rows over "fsdp", kv heads over "tp" when they divide (else replicated)."""
+def _constrain_step_cache(x: jax.Array, mesh: Mesh | None, axes: tuple[str, ...]) -> jax.Array:
+    """A layer's cache ([N, kv, D, S] keys or [N, kv, S, D] values, named by `axes`): rows over "fsdp", kv
+    heads over "tp" when they divide (else replicated)."""
     if mesh is None:
         return x
-    spec = logical_to_spec(("batch", "kv_heads", "cache_len", "head_dim"), x.shape, mesh)
+    spec = logical_to_spec(axes, x.shape, mesh)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 class _StepCache(NamedTuple):
-    """Per-layer KV for the token-by-token loop: k[l], v[l]: [N, n_kv, S, D] (kv heads before slots, so the
-    attention dots read the cache in place; the model's [L, N, S, n_kv, D] layout makes XLA copy and transpose
-    a layer's whole cache at every step)."""
+    """Per-layer KV for the token-by-token loop: k[l]: [N, n_kv, D, S], v[l]: [N, n_kv, S, D].
+
+    Each layer's cache is its own loop-carried buffer with kv heads before slots, so both attention dots
+    read it in place as plain batched matmuls (the model's [L, N, S, n_kv, D] layout makes XLA copy and
+    transpose a layer's whole cache at every step). Keys are stored transposed (slots last): q @ K^T is then
+    a [G, D] x [D, S] product, which XLA:CPU runs about twice as fast as contracting two D-minor operands.
+    """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
 
 
-def _unstack_layers(model) -> list[Any]:
-    """The scanned layer stack as L separate Block modules (static slices: hoisted out of the decode loop)."""
-    graphdef, state = nnx.split(model.layers)
-    num_layers = model.config.num_layers
-    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(num_layers)]
+class _DecodeLayer(NamedTuple):
+    """One layer's weights as the 2-D matrices the S = 1 decode step multiplies by (H hidden, nH / nKV heads,
+    D head dim, I intermediate); biases and q/k norms are None when the architecture has none.
+
+    Built once per `sample` call, outside the token loop: the model's [H, n, D] / [n, D, H] parameter shapes
+    otherwise make XLA re-lay-out (copy) some of them at every token. Fused (`wk`, `wv`, `w_up` None): `wq`
+    is [H, (nH + 2 nKV) D] = [q | k | v] (`bq` likewise) and `w_gate` is [H, 2 I] = [gate | up].
+    """
+
+    attn_norm: jax.Array  # [H]
+    wq: jax.Array  # [H, nH * D], or fused [H, (nH + 2 nKV) * D]
+    wk: jax.Array | None  # [H, nKV * D]
+    wv: jax.Array | None  # [H, nKV * D]
+    bq: jax.Array | None  # [nH * D], or fused [(nH + 2 nKV) * D]
+    bk: jax.Array | None  # [nKV * D]
+    bv: jax.Array | None  # [nKV * D]
+    q_norm: jax.Array | None  # [D]
+    k_norm: jax.Array | None  # [D]
+    wo: jax.Array  # [nH * D, H]
+    mlp_norm: jax.Array  # [H]
+    w_gate: jax.Array  # [H, I], or fused [H, 2 I]
+    w_up: jax.Array | None  # [H, I]
+    w_down: jax.Array  # [I, H]
 
 
-def _decode_one(model, layers, tokens, positions, cache: _StepCache, valid, slot):
-    """One new token per row through the unrolled layers (same math as `Qwen.decode` with S = 1).
+def _decode_layers(model, *, fuse: bool) -> list[_DecodeLayer]:
+    """The scanned layer stack as L `_DecodeLayer`s in the compute dtype (static slices of the stacked params).
 
-    tokens, positions: i32[N]; valid: bool[N, S] slots a query may attend (prompt + generated so far,
-    including `slot`); slot: i32[] where this token's k/v go -> (logits f32[N, V], cache).
+    fuse: concatenate q/k/v and gate/up into one matrix each (3 + 2 dots per layer -> 1 + 1). On CPU, where a
+    small-batch dot costs mostly its fixed overhead, that is ~5% of a decode step; on accelerators it would
+    only cost a copy of most of the weights, so `sample` fuses on CPU only.
+    """
+    c, dt = model.config, model.dtype
+    stack = model.layers
+    h = c.hidden_size
+
+    def get(name, i, shape=None):
+        if not hasattr(stack, name):
+            return None
+        x = getattr(stack, name)[...][i]
+        return (x if shape is None else x.reshape(shape)).astype(dt)
+
+    layers = []
+    for i in range(c.num_layers):
+        w = _DecodeLayer(
+            attn_norm=get("attn_norm", i), wq=get("q_proj", i, (h, -1)), wk=get("k_proj", i, (h, -1)),
+            wv=get("v_proj", i, (h, -1)), bq=get("q_bias", i, (-1,)), bk=get("k_bias", i, (-1,)),
+            bv=get("v_bias", i, (-1,)), q_norm=get("q_norm", i), k_norm=get("k_norm", i),
+            wo=get("o_proj", i, (-1, h)), mlp_norm=get("mlp_norm", i), w_gate=get("gate_proj", i),
+            w_up=get("up_proj", i), w_down=get("down_proj", i))
+        if fuse:
+            w = w._replace(
+                wq=jnp.concatenate([w.wq, w.wk, w.wv], axis=1), wk=None, wv=None,
+                bq=None if w.bq is None else jnp.concatenate([w.bq, w.bk, w.bv]), bk=None, bv=None,
+                w_gate=jnp.concatenate([w.w_gate, w.w_up], axis=1), w_up=None)
+        layers.append(w)
+    return layers
+
+
+def _output_matrix(model) -> jax.Array:
+    """[H, V] in the compute dtype: the tied embedding transposed once here rather than inside every step's dot."""
+    w = model.embed[...].T if model.config.tie_word_embeddings else model.lm_head[...]
+    return w.astype(model.dtype)
+
+
+def _decode_one(model, layers: list[_DecodeLayer], head, tokens, positions, cache: _StepCache, valid, slot):
+    """One new token per row through the unrolled layers: `Qwen.decode` with S = 1 on `_DecodeLayer` weights.
+
+    The parity tests (sampler log-probs == a teacher-forced `Qwen.__call__`) pin this to the model's math.
+    tokens, positions: i32[N]; head: [H, V]; valid: bool[N, S] slots a query may attend (prompt + generated so
+    far, including `slot`); slot: i32[] where this token's k/v go -> (logits f32[N, V], cache).
     """
     c = model.config
-    cos, sin = rope_tables(positions[:, None], c.head_dim, c.rope_theta)
-    x = model.embed[...].astype(model.dtype)[tokens][:, None]  # [N, 1, H]
+    eps = c.rms_norm_eps
+    n, nh, nkv, d = tokens.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
+    cos, sin = rope_tables(positions[:, None], d, c.rope_theta)  # [N, 1, D]
+    x = model.embed[...][tokens].astype(model.dtype)  # [N, H]
+    zero = jnp.zeros((), jnp.int32)
     ks, vs = [], []
-    n, nkv, d = tokens.shape[0], c.num_kv_heads, c.head_dim
-    for layer, k_cache, v_cache in zip(layers, cache.k, cache.v):
-        q, k, v = layer.qkv(x, cos, sin)  # q [N,1,nH,D]; k, v [N,1,nKV,D]
-        zero = jnp.zeros((), jnp.int32)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype),
-                                               (zero, zero, slot, zero))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
-                                               (zero, zero, slot, zero))
-        qg = q.reshape(n, nkv, c.num_heads // nkv, d)
-        scores = jnp.einsum("nkgd,nksd->nkgs", qg, k_cache.astype(qg.dtype),
+    for w, k_cache, v_cache in zip(layers, cache.k, cache.v):
+        y = rms_norm(x, w.attn_norm, eps)
+        if w.wk is None:  # fused [q | k | v] projection
+            qkv = y @ w.wq if w.bq is None else y @ w.wq + w.bq
+            q, k, v = qkv[:, :nh * d], qkv[:, nh * d:(nh + nkv) * d], qkv[:, (nh + nkv) * d:]
+        else:
+            q, k, v = y @ w.wq, y @ w.wk, y @ w.wv
+            if w.bq is not None:
+                q, k, v = q + w.bq, k + w.bk, v + w.bv
+        q, k, v = q.reshape(n, 1, nh, d), k.reshape(n, 1, nkv, d), v.reshape(n, nkv, 1, d)
+        if w.q_norm is not None:
+            q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.reshape(n, nkv, d, 1).astype(k_cache.dtype),
+                                               (zero, zero, zero, slot))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, zero, slot, zero))
+        qg = q.reshape(n, nkv, nh // nkv, d)
+        scores = jnp.einsum("nkgd,nkds->nkgs", qg, k_cache.astype(qg.dtype),
                             preferred_element_type=jnp.float32) * (d**-0.5)
         scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
         out = jnp.einsum("nkgs,nksd->nkgd", probs, v_cache).astype(x.dtype)
-        x = layer.finish(x, out.reshape(n, 1, c.num_heads, d))
+        x = x + out.reshape(n, nh * d) @ w.wo
+        y = rms_norm(x, w.mlp_norm, eps)
+        if w.w_up is None:  # fused [gate | up] projection
+            gate, up = jnp.split(y @ w.w_gate, 2, axis=-1)
+        else:
+            gate, up = y @ w.w_gate, y @ w.w_up
+        x = x + (jax.nn.silu(gate) * up) @ w.w_down
         ks.append(k_cache)
         vs.append(v_cache)
-    x = rms_norm(x, model.norm[...], c.rms_norm_eps)
-    return model.logits(x)[:, 0], _StepCache(tuple(ks), tuple(vs))
+    x = rms_norm(x, model.norm[...], eps)
+    return jnp.dot(x, head, preferred_element_type=jnp.float32), _StepCache(tuple(ks), tuple(vs))
+
+
+_KEY_AXES = ("batch", "kv_heads", "head_dim", "cache_len")
+_VALUE_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
+
+
+def _segment_ends(buffer_len: int, min_segment: int = 32, max_segments: int = 4) -> list[int]:
+    """Ends of the decode loop's segments over a completion buffer of `buffer_len` tokens.
+
+    Each segment is its own while_loop whose cache holds only the slots that can be filled by its end, so
+    attention reads P + end slots instead of P + T (about a third less over a 4-segment run). Each segment
+    compiles its own copy of the step, hence few of them and none shorter than `min_segment`.
+    """
+    count = max(1, min(max_segments, buffer_len // min_segment))
+    size = -(-buffer_len // count)
+    return [min(buffer_len, size * (i + 1)) for i in range(count)]
+
+
+def _grow_cache(cache: _StepCache, extra: int, mesh: Mesh | None) -> _StepCache:
+    """Appends `extra` empty slots to every layer's cache (keys [N, kv, D, S], values [N, kv, S, D])."""
+    k = tuple(_constrain_step_cache(jnp.pad(x, [(0, 0)] * 3 + [(0, extra)]), mesh, _KEY_AXES) for x in cache.k)
+    v = tuple(_constrain_step_cache(jnp.pad(x, [(0, 0), (0, 0), (0, extra), (0, 0)]), mesh, _VALUE_AXES)
+              for x in cache.v)
+    return _StepCache(k, v)
 
 
 def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, top_k, top_p,
@@ -203,24 +332,31 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
                                  index=jnp.asarray(0, jnp.int32))
     last_logits = jnp.repeat(logits[:, -1].astype(jnp.float32), n, axis=0)  # [N,V], left padding: last col is real
 
-    # Each prompt's cache -> its n rows, per layer in [N, n_kv, P + T, D] with T empty slots for the completion.
-    def grow(x):  # [L, B, P, kv, D] -> L x [N, kv, P + T, D]
-        x = jnp.pad(jnp.repeat(x, n, axis=1).transpose(0, 1, 3, 2, 4),
-                    [(0, 0), (0, 0), (0, 0), (0, buffer_len), (0, 0)])
-        return tuple(_constrain_step_cache(x[i], mesh) for i in range(x.shape[0]))
+    # Each prompt's cache -> its n rows, per layer; `_grow_cache` adds the completion slots segment by segment.
+    def split(x, order, axes):  # [L, B, P, kv, D] -> L x [N, kv, D, P] (keys) or [N, kv, P, D] (values)
+        x = jnp.repeat(x, n, axis=1).transpose(order)
+        return tuple(_constrain_step_cache(x[i], mesh, axes) for i in range(x.shape[0]))
 
-    cache = _StepCache(grow(cache.k), grow(cache.v))
-    layers = _unstack_layers(model)
+    cache = _StepCache(split(cache.k, (0, 1, 3, 4, 2), _KEY_AXES), split(cache.v, (0, 1, 3, 2, 4), _VALUE_AXES))
+    layers = _decode_layers(model, fuse=jax.default_backend() == "cpu")
+    head = _output_matrix(model)
     cache_mask = jnp.concatenate(
         [jnp.repeat(prompt_mask, n, axis=0), jnp.ones((N, buffer_len), bool)], axis=1)
     cache_mask = _constrain_rows(cache_mask, 0, mesh)
     slots = jnp.arange(P + buffer_len, dtype=jnp.int32)
     row_len = jnp.repeat(prompt_len, n, axis=0)  # [N] real prompt tokens per row
-    row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(N, dtype=jnp.int32))
+    # Every draw of the run up front (u[r, t] from fold_in(fold_in(key, r), t)): no RNG inside the loop.
+    def draw(r, t):
+        return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, r), t), (),
+                                  minval=jnp.finfo(jnp.float32).tiny)
+
+    uniforms = jax.vmap(jax.vmap(draw, (None, 0)), (0, None))(
+        jnp.arange(N, dtype=jnp.int32), jnp.arange(buffer_len, dtype=jnp.int32))  # [N, T]
+    uniforms = _constrain_rows(uniforms, 0, mesh)
 
     def pick(step_logits, t):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
-        return _select(step_logits, keys, temperature, top_k, top_p, greedy=greedy, use_filter=use_filter)
+        u = jax.lax.dynamic_index_in_dim(uniforms, t, axis=1, keepdims=False)
+        return _select(step_logits, u, temperature, top_k, top_p, greedy=greedy, use_filter=use_filter)
 
     def record(carry_bufs, t, tok, lp):
         tokens_buf, lp_buf, lengths, done, finished = carry_bufs
@@ -241,21 +377,28 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
     tok0, lp0 = pick(last_logits, jnp.asarray(0, jnp.int32))
     bufs, tok0 = record(bufs, jnp.asarray(0, jnp.int32), tok0, lp0)
 
-    def cond(carry):
-        t, _, bufs, _ = carry
-        return (t < jnp.minimum(max_new_tokens, buffer_len)) & ~jnp.all(bufs[3])
+    carry = (jnp.asarray(1, jnp.int32), tok0, bufs, cache)
+    filled = 0
+    for end in _segment_ends(buffer_len):
+        # Segment [filled, end): its loop attends over P + end slots, not P + T.
+        def cond(carry, end=end):
+            t, _, bufs, _ = carry
+            return (t < jnp.minimum(max_new_tokens, end)) & ~jnp.all(bufs[3])
 
-    def body(carry):
+        def body(carry, end=end):
+            t, prev, bufs, cache = carry
+            # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
+            slot = P + t - 1
+            valid = cache_mask[:, :P + end] & (slots[:P + end] <= slot)[None, :]
+            step_logits, cache = _decode_one(model, layers, head, prev, row_len + t - 1, cache, valid, slot)
+            tok, lp = pick(step_logits, t)
+            bufs, tok = record(bufs, t, tok, lp)
+            return t + 1, tok, bufs, cache
+
         t, prev, bufs, cache = carry
-        # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
-        slot = P + t - 1
-        valid = cache_mask & (slots <= slot)[None, :]
-        step_logits, cache = _decode_one(model, layers, prev, row_len + t - 1, cache, valid, slot)
-        tok, lp = pick(step_logits, t)
-        bufs, tok = record(bufs, t, tok, lp)
-        return t + 1, tok, bufs, cache
-
-    _, _, bufs, _ = jax.lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), tok0, bufs, cache))
+        carry = jax.lax.while_loop(cond, body, (t, prev, bufs, _grow_cache(cache, end - filled, mesh)))
+        filled = end
+    bufs = carry[2]
     tokens_buf, lp_buf, lengths, _, finished = bufs
     return SampleOutput(tokens=tokens_buf, logprobs=lp_buf, lengths=lengths, finished=finished)
 

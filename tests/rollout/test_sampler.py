@@ -114,6 +114,58 @@ def test_temperature_one_logprobs_equal_teacher_forced(model, batch):
     assert np.all(np.asarray(out.logprobs)[~m] == 0)
 
 
+def test_generation_across_cache_segments_equals_teacher_forced(model, batch):
+    """A 128-slot buffer decodes in 4 segments whose caches grow by 32 slots each; 70 tokens stop inside the
+    third segment. Every log-prob must still equal the full forward's."""
+    from capojax.rollout.sampler import _segment_ends
+
+    assert _segment_ends(128) == [32, 64, 96, 128] and _segment_ends(8) == [8]
+    tokens, mask = batch
+    out = sample(model, tokens, mask, SamplingParams(n=1, max_new_tokens=70, seed=8), pad_id=PAD, buffer_len=128)
+    assert np.all(np.asarray(out.lengths) == 70)
+    logits = teacher_forced_logits(model, tokens, mask, out.tokens[:, :70], 1)
+    expected = picked(jax.nn.log_softmax(logits, axis=-1), out.tokens[:, :70])
+    np.testing.assert_allclose(np.asarray(out.logprobs)[:, :70], expected, atol=1e-4, rtol=0)
+    assert np.all(np.asarray(out.logprobs)[:, 70:] == 0) and np.all(np.asarray(out.tokens)[:, 70:] == PAD)
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "qwen2_untied"])
+def test_other_architectures_logprobs_equal_teacher_forced(batch, variant):
+    """The decode step re-lays the weights out per architecture (biases, q/k norms, untied head): each one
+    against the full forward."""
+    import dataclasses
+
+    extra = (dict(qkv_bias=False, qk_norm=True, head_dim=16) if variant == "qwen3"
+             else dict(tie_word_embeddings=False))
+    config = dataclasses.replace(CONFIG, **extra)
+    graphdef, state = nnx.split(init_model(config, seed=1))
+    other = nnx.merge(graphdef, _redraw(state, 5))
+    tokens, mask = batch
+    out = sample(other, tokens, mask, SamplingParams(n=1, max_new_tokens=T, seed=2), pad_id=PAD)
+    logits = teacher_forced_logits(other, tokens, mask, out.tokens, 1)
+    expected = picked(jax.nn.log_softmax(logits, axis=-1), out.tokens)
+    np.testing.assert_allclose(np.asarray(out.logprobs), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 6, 0.9)])
+def test_sample_frequencies_match_the_distribution(model, temperature, top_k, top_p):
+    """Many draws of the first token of one prompt: each token's frequency is within 5 binomial standard
+    deviations (plus 2 counts, for the rare tokens where the normal approximation fails) of its probability
+    under the processed distribution, and removed tokens never appear."""
+    draws = 4096
+    prompt = jnp.asarray([PROMPTS[0]])
+    params = SamplingParams(n=draws, max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p, seed=9)
+    out = sample(model, prompt, jnp.ones(prompt.shape, bool), params, pad_id=PAD)
+    logits = np.asarray(_forward(model, prompt, jnp.ones(prompt.shape, bool)))[0, -1]
+    filtered = reference_filter(logits[None], temperature, top_k, top_p)[0]
+    probs = np.exp(filtered - filtered.max())
+    probs /= probs.sum()
+    assert 3 <= (probs > 0.01).sum(), "the test needs a spread-out distribution"
+    freq = np.bincount(np.asarray(out.tokens)[:, 0], minlength=probs.size) / draws
+    assert freq[probs == 0].sum() == 0, "sampled a token the filters removed"
+    np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / draws) + 2 / draws)
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.3, 5, 1.0), (0.8, 0, 0.6), (1.0, 4, 0.7)])
 def test_processed_logprobs_equal_reference_filter(model, batch, temperature, top_k, top_p):
     tokens, mask = batch
