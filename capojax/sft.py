@@ -6,7 +6,7 @@ trains a tiny Qwen-architecture model from scratch on the synthetic task's worke
 with the same template RL uses, loss on the response tokens only), then saves it in Hugging Face format with
 its tokenizer, so the RL code loads it exactly as it loads Qwen2.5-Math.
 
-    path = ensure_tiny_base("~/.cache/capojax", SFTSettings())   # builds once (~2-3 min on 2 cores), then cached
+    path = ensure_tiny_base("~/.cache/capojax", SFTSettings())   # builds once (~4 min on 2 cores), then cached
 
 The cache folder is named by a hash of the settings (and ``SFT_VERSION``), so changing any knob builds a new
 base; the build writes into a temporary folder renamed into place when complete and holds a file lock, so

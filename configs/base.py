@@ -39,14 +39,14 @@ def tiny_base_settings() -> ml_collections.ConfigDict:
     c.task_seed = 1234  # seed of the synthetic problems the SFT stage trains on (RL uses data.synthetic.seed)
     c.min_ops = 2  # fewest operations per SFT problem
     c.max_ops = 2  # most operations per SFT problem
-    c.operand_max = 5  # largest operand (a 300-step base reaches ~34% greedy / ~18% sampled on 2 ops of 1..5)
+    c.operand_max = 5  # largest operand (the 600-step base reaches ~80% greedy / ~71% sampled on 2 ops of 1..5)
     c.ops = "+-"  # operators of the SFT problems (with "*" a 300-step base solves too few for RL)
     c.hidden_size = 128  # model width
     c.num_layers = 4  # transformer blocks
     c.num_heads = 2  # query heads (head_dim 64, as vLLM's CPU attention kernels need)
     c.num_kv_heads = 1  # key/value heads (GQA)
     c.intermediate_size = 384  # MLP width
-    c.steps = 300  # optimizer steps of the SFT stage
+    c.steps = 600  # optimizer steps of the SFT stage (~4 min on 2 cores; at 300 or 450 steps RL stays flat)
     c.batch_size = 32  # worked solutions per SFT step
     c.lr = 3e-3  # peak Adam learning rate (warmup then cosine decay)
     c.seed = 0  # init / shuffling seed of the SFT stage
@@ -188,7 +188,7 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.rollout.engine = "jax"
     config.rollout.n = 8
     config.rollout.max_new_tokens = 64
-    config.rollout.val_n = 4
+    config.rollout.val_n = 8  # 64 x 8 validation samples: a validation accuracy within ~2 points
     config.optim.lr = 1e-4
     config.optim.schedule = "constant"
     config.optim.warmup_steps = 0
