@@ -88,7 +88,7 @@ def process_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, 
 def _inverse_cdf(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
     """Draws one index per row with probability proportional to `weights` by inverting the CDF.
 
-    weights f32[N,V] >= 0 (each row with a positive entry), uniforms f32[N] in (0, 1] -> i32[N].
+    weights f32[N,V] >= 0 (each row with a positive entry), uniforms f32[N] in (0, 1) -> i32[N].
     The pick is the last index of positive weight whose exclusive prefix sum is below u * total: the usual
     "first index whose CDF reaches u * total" in exact arithmetic, but written so that rounding in the prefix
     sums can never pick an index of weight 0 (a filtered token would get log-prob -inf).
@@ -104,12 +104,11 @@ def _select(logits: jax.Array, uniforms: jax.Array, temperature, top_k, top_p, *
             use_filter: bool) -> tuple[jax.Array, jax.Array]:
     """Picks one token per row. logits f32[N,V], uniforms f32[N] in (0, 1) -> (tokens i32[N], logprobs f32[N]).
 
-    Sampling inverts the CDF of the processed distribution at `uniforms` (one draw per row instead of a Gumbel
-    draw per vocabulary entry: on CPU the V-wide random bits and the arg-max cost more than the model's step).
-    A token of probability 0 is never picked: the CDF is flat there and the pick is the first index whose
-    CDF reaches u * total > 0. Sampling: the log-prob is under the processed distribution. Greedy: the
-    point-mass distribution has log-prob 0, which says nothing, so greedy reports the model's own
-    (temperature-1) log-prob instead.
+    Sampling inverts the CDF of the processed distribution at `uniforms` (`_inverse_cdf`: one draw per row
+    instead of a Gumbel draw per vocabulary entry, whose V-wide random bits and arg-max cost CPUs a large
+    share of a decode step); the log-prob is under the processed distribution. Greedy: the point-mass
+    distribution has log-prob 0, which says nothing, so greedy reports the model's own (temperature-1)
+    log-prob instead.
     """
     logits = logits.astype(jnp.float32)
     if greedy:
@@ -208,7 +207,7 @@ def _decode_layers(model, *, fuse: bool) -> list[_DecodeLayer]:
 
     fuse: concatenate q/k/v and gate/up into one matrix each (3 + 2 dots per layer -> 1 + 1). On CPU, where a
     small-batch dot costs mostly its fixed overhead, that is ~5% of a decode step; on accelerators it would
-    only cost a copy of most of the weights, so `sample` fuses on CPU only.
+    only cost a copy of most of the weights, so `sample` fuses on CPU only by default.
     """
     c, dt = model.config, model.dtype
     stack = model.layers
@@ -318,7 +317,7 @@ def _grow_cache(cache: _StepCache, extra: int, mesh: Mesh | None) -> _StepCache:
 
 def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, top_k, top_p,
                  max_new_tokens, stop_ids, pad_id, *, n: int, buffer_len: int, greedy: bool,
-                 use_filter: bool, mesh: Mesh | None):
+                 use_filter: bool, fuse_weights: bool, mesh: Mesh | None):
     model = nnx.merge(graphdef, state)
     B, P = prompt_tokens.shape
     N = B * n
@@ -338,7 +337,7 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
         return tuple(_constrain_step_cache(x[i], mesh, axes) for i in range(x.shape[0]))
 
     cache = _StepCache(split(cache.k, (0, 1, 3, 4, 2), _KEY_AXES), split(cache.v, (0, 1, 3, 2, 4), _VALUE_AXES))
-    layers = _decode_layers(model, fuse=jax.default_backend() == "cpu")
+    layers = _decode_layers(model, fuse=fuse_weights)
     head = _output_matrix(model)
     cache_mask = jnp.concatenate(
         [jnp.repeat(prompt_mask, n, axis=0), jnp.ones((N, buffer_len), bool)], axis=1)
@@ -403,7 +402,7 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
     return SampleOutput(tokens=tokens_buf, logprobs=lp_buf, lengths=lengths, finished=finished)
 
 
-_sample_jit = jax.jit(_sample_impl, static_argnames=("graphdef", "n", "buffer_len", "greedy", "use_filter",
+_sample_jit = jax.jit(_sample_impl, static_argnames=("graphdef", "n", "buffer_len", "greedy", "use_filter", "fuse_weights",
                                                       "mesh"))
 
 
@@ -416,7 +415,8 @@ def _stop_array(ids: Sequence[int]) -> np.ndarray:
 
 def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt_mask: jax.Array,
            params: SamplingParams, key: jax.Array | None = None, *, eos_ids: Sequence[int] = (),
-           pad_id: int = 0, buffer_len: int | None = None, mesh: Mesh | None = None) -> SampleOutput:
+           pad_id: int = 0, buffer_len: int | None = None, mesh: Mesh | None = None,
+           fuse_weights: bool | None = None) -> SampleOutput:
     """Samples `params.n` completions per prompt with a KV cache; one jitted prefill + while_loop.
 
     model: a `Qwen` (or `(graphdef, state)` from `nnx.split`, to skip the split on hot paths).
@@ -424,6 +424,8 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     key: PRNG key (default `jax.random.key(params.seed)`); eos_ids + params.stop_token_ids end a row.
     buffer_len: completion buffer T (static; default max_new_tokens) — a larger bucket avoids recompiles,
     generation still stops at params.max_new_tokens.
+    fuse_weights: decode with fused q/k/v and gate/up matrices (static; default: on the CPU backend only,
+    see `_decode_layers`). Same numbers either way up to float rounding.
     Returns SampleOutput with N = B * n prompt-major rows and T = buffer_len columns.
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
@@ -441,13 +443,15 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     greedy = params.temperature == 0
     use_filter = (not greedy) and (params.top_k > 0 or params.top_p < 1.0)
+    if fuse_weights is None:
+        fuse_weights = jax.default_backend() == "cpu"
     return _sample_jit(
         graphdef, state, prompt_tokens, prompt_mask, key,
         jnp.asarray(params.temperature if not greedy else 1.0, jnp.float32),
         jnp.asarray(params.top_k, jnp.int32), jnp.asarray(params.top_p, jnp.float32),
         jnp.asarray(params.max_new_tokens, jnp.int32),
         jnp.asarray(_stop_array(tuple(eos_ids) + tuple(params.stop_token_ids))), jnp.asarray(pad_id, jnp.int32),
-        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, mesh=mesh)
+        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, fuse_weights=fuse_weights, mesh=mesh)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -129,19 +129,19 @@ def test_generation_across_cache_segments_equals_teacher_forced(model, batch):
     assert np.all(np.asarray(out.logprobs)[:, 70:] == 0) and np.all(np.asarray(out.tokens)[:, 70:] == PAD)
 
 
-@pytest.mark.parametrize("variant", ["qwen3", "qwen2_untied"])
-def test_other_architectures_logprobs_equal_teacher_forced(batch, variant):
-    """The decode step re-lays the weights out per architecture (biases, q/k norms, untied head): each one
-    against the full forward."""
+@pytest.mark.parametrize("variant,fuse", [("qwen2", False), ("qwen3", True), ("qwen3", False), ("qwen2_untied", True)])
+def test_other_architectures_logprobs_equal_teacher_forced(batch, variant, fuse):
+    """The decode step re-lays the weights out per architecture (biases, q/k norms, untied head), fused (the
+    CPU default) or not (the accelerator default): each against the full forward."""
     import dataclasses
 
-    extra = (dict(qkv_bias=False, qk_norm=True, head_dim=16) if variant == "qwen3"
-             else dict(tie_word_embeddings=False))
+    extra = {"qwen2": {}, "qwen3": dict(qkv_bias=False, qk_norm=True, head_dim=16),
+             "qwen2_untied": dict(tie_word_embeddings=False)}[variant]
     config = dataclasses.replace(CONFIG, **extra)
     graphdef, state = nnx.split(init_model(config, seed=1))
     other = nnx.merge(graphdef, _redraw(state, 5))
     tokens, mask = batch
-    out = sample(other, tokens, mask, SamplingParams(n=1, max_new_tokens=T, seed=2), pad_id=PAD)
+    out = sample(other, tokens, mask, SamplingParams(n=1, max_new_tokens=T, seed=2), pad_id=PAD, fuse_weights=fuse)
     logits = teacher_forced_logits(other, tokens, mask, out.tokens, 1)
     expected = picked(jax.nn.log_softmax(logits, axis=-1), out.tokens)
     np.testing.assert_allclose(np.asarray(out.logprobs), expected, atol=1e-4, rtol=0)
