@@ -85,19 +85,19 @@ def process_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, 
     return jnp.where(x >= thresh, x, _NEG_INF)
 
 
-def _inverse_cdf(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
+def _inverse_cdf(weights: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Draws one index per row with probability proportional to `weights` by inverting the CDF.
 
-    weights f32[N,V] >= 0 (each row with a positive entry), uniforms f32[N] in (0, 1) -> i32[N].
-    The pick is the last index of positive weight whose exclusive prefix sum is below u * total: the usual
-    "first index whose CDF reaches u * total" in exact arithmetic, but written so that rounding in the prefix
-    sums can never pick an index of weight 0 (a filtered token would get log-prob -inf).
+    weights f32[N,V] >= 0 (each row with a positive entry), uniforms f32[N] in (0, 1) -> (i32[N] indices,
+    f32[N] row totals). The pick is the last index of positive weight whose exclusive prefix sum is below
+    u * total: the usual "first index whose CDF reaches u * total" in exact arithmetic, but written so that
+    rounding in the prefix sums can never pick an index of weight 0 (a filtered token would get log-prob -inf).
     """
     cdf = jnp.cumsum(weights, axis=-1)
-    target = uniforms[:, None] * cdf[:, -1:]
-    eligible = (weights > 0) & (cdf - weights < target)
+    total = cdf[:, -1]
+    eligible = (weights > 0) & (cdf - weights < (uniforms * total)[:, None])
     index = jnp.arange(weights.shape[-1], dtype=jnp.int32)
-    return jnp.max(jnp.where(eligible, index, -1), axis=-1)
+    return jnp.max(jnp.where(eligible, index, -1), axis=-1), total
 
 
 def _select(logits: jax.Array, uniforms: jax.Array, temperature, top_k, top_p, *, greedy: bool,
@@ -112,13 +112,14 @@ def _select(logits: jax.Array, uniforms: jax.Array, temperature, top_k, top_p, *
     """
     logits = logits.astype(jnp.float32)
     if greedy:
-        x = logits
-        tokens = jnp.argmax(x, axis=-1).astype(jnp.int32)
-    else:
-        x = process_logits(logits, temperature, top_k, top_p, use_filter=use_filter)
-        tokens = _inverse_cdf(jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)), uniforms)
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+        return tokens, picked - jax.nn.logsumexp(logits, axis=-1)
+    x = process_logits(logits, temperature, top_k, top_p, use_filter=use_filter)
+    top = jnp.max(x, axis=-1)
+    tokens, total = _inverse_cdf(jnp.exp(x - top[:, None]), uniforms)
     picked = jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
-    return tokens, picked - jax.nn.logsumexp(x, axis=-1)
+    return tokens, picked - top - jnp.log(total)  # log-softmax from the CDF's own normaliser
 
 
 # --------------------------------------------------------------------------------------------------
