@@ -332,7 +332,7 @@ def memory_plan(config) -> MemoryPlan:
     from capojax import objectives
     from capojax.sharding import make_mesh
     from capojax.trainer.logprobs import chunk_count, make_logprob_fn
-    from capojax.trainer.loop import DTYPES, _uses_reference
+    from capojax.trainer.loop import DTYPES, algo_overrides
     from capojax.trainer.optim import build_optimizer
     from capojax.trainer.update import make_update_fn
 
@@ -360,7 +360,7 @@ def memory_plan(config) -> MemoryPlan:
     graphdef, params = abstract_model(qcfg, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat, mesh=mesh)
 
     spec = objectives.get_algorithm(str(config.algo.name))
-    needs_reference = bool(config.algo.kl_coef) or _uses_reference(spec)
+    needs_reference = bool(config.algo.kl_coef) or spec.reads_reference(**algo_overrides(spec.advantage_hparams, config.algo))
     ref_graphdef = ref_params = None
     if needs_reference:
         ref_graphdef, ref_params = abstract_model(qcfg, param_dtype=ref_dtype, compute_dtype=compute_dtype,

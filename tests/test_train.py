@@ -33,6 +33,14 @@ def test_tiny_config_runs_end_to_end(config, tiny_base, tmp_path):
         assert "ref_ppl/mean" in rows[1] and "kl" in rows[1]
 
 
+def test_capo_without_the_noise_mask_loads_no_reference(tiny_base, tmp_path):
+    run_cli("tiny_capo", tmp_path, f"--config.model.path={tiny_base}", *FAST, "--config.algo.use_ref_mask=False",
+            "--config.log.val_every=0", "--config.checkpoint.export_hf=False")
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 2 and not any(k.startswith("ref_ppl") or k == "kl" for k in rows[-1])
+    assert rows[-1]["adv/abs_mean"] > 0 or rows[-1]["frac_zero_std"] == 1.0
+
+
 def test_rerun_resumes_from_the_latest_checkpoint(tiny_base, tmp_path):
     args = [f"--config.model.path={tiny_base}", *FAST, "--config.log.val_every=0"]
     run_cli("tiny_grpo", tmp_path, *args)

@@ -7,7 +7,7 @@ treats every algorithm alike. See the package docstring for the 1/tau and 1/G co
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import chex
 import jax
@@ -251,18 +251,36 @@ def broadcast_to_tokens(seq_advantages: jax.Array, response_mask: jax.Array) -> 
 
 AdvantageEstimator = Callable[..., jax.Array]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+# name -> rule(hparams) saying whether the estimator reads AdvantageInputs.ref_ppl with those hyper-parameters:
+# the trainer loads (and runs) a reference model only when some rule says so or the KL penalty is on.
+_READS_REFERENCE: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
 
 
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Decorator: `fn(inputs: AdvantageInputs, **hparams) -> f32[B,G,T]` becomes ADVANTAGE_ESTIMATORS[name]."""
+def register_advantage_estimator(
+    name: str, *, reads_reference: Callable[[Mapping[str, Any]], bool] | None = None
+) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator: `fn(inputs: AdvantageInputs, **hparams) -> f32[B,G,T]` becomes ADVANTAGE_ESTIMATORS[name].
+
+    reads_reference: `rule(hparams) -> bool`, True when the estimator uses `inputs.ref_ppl` (default: never).
+    """
 
     def decorate(fn: AdvantageEstimator) -> AdvantageEstimator:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered.")
         ADVANTAGE_ESTIMATORS[name] = fn
+        if reads_reference is not None:
+            _READS_REFERENCE[name] = reads_reference
         return fn
 
     return decorate
+
+
+def estimator_reads_reference(name: str, hparams: Mapping[str, Any]) -> bool:
+    """Whether ADVANTAGE_ESTIMATORS[name] with `hparams` reads the reference perplexity (AdvantageInputs.ref_ppl)."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}.")
+    rule = _READS_REFERENCE.get(name)
+    return bool(rule(hparams)) if rule is not None else False
 
 
 @register_advantage_estimator("grpo")
@@ -280,7 +298,7 @@ def pairwise_estimator(inputs: AdvantageInputs, *, surrogate: str = "logistic", 
     return broadcast_to_tokens(adv, inputs.response_mask)
 
 
-@register_advantage_estimator("capo")
+@register_advantage_estimator("capo", reads_reference=lambda hparams: bool(hparams.get("use_ref_mask", True)))
 def capo_estimator(
     inputs: AdvantageInputs,
     *,
@@ -324,6 +342,7 @@ __all__ = [
     "capo_advantages",
     "capo_mask",
     "compute_advantages",
+    "estimator_reads_reference",
     "dcpo_advantages",
     "dcpo_rewards",
     "grpo_advantages",

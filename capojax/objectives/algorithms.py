@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from capojax.objectives.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, compute_advantages
+from capojax.objectives.advantages import (ADVANTAGE_ESTIMATORS, AdvantageInputs, compute_advantages,
+                                           estimator_reads_reference)
 from capojax.objectives.losses import entropy_bonus, kl_penalty, policy_loss
 
 # objective(logp f32[n,T], entropy f32[n,T] | None, batch dict) -> (loss scalar, metrics dict of scalars);
@@ -53,6 +54,11 @@ class AlgorithmSpec:
     def advantages(self, inputs: AdvantageInputs, **overrides: Any) -> jax.Array:
         """Token-level advantages f32[B,G,T] with the spec's defaults, `overrides` taking precedence."""
         return compute_advantages(self.advantage, inputs, **{**self.advantage_hparams, **overrides})
+
+    def reads_reference(self, **overrides: Any) -> bool:
+        """Whether the advantages (with the spec's defaults, `overrides` taking precedence) read the reference
+        perplexity, i.e. whether the trainer needs a reference model even without a KL penalty."""
+        return estimator_reads_reference(self.advantage, {**self.advantage_hparams, **overrides})
 
     def objective(self, **overrides: Any) -> Objective:
         """The trainer's objective with the spec's loss defaults; see `make_objective`."""
@@ -160,7 +166,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         name="capo",
         advantage="capo",
         ratio_level="token",
-        advantage_hparams={"tau": 0.1, "ref_high": 2.5, "ref_low": 1.05},
+        advantage_hparams={"tau": 0.1, "ref_high": 2.5, "ref_low": 1.05, "use_ref_mask": True},
         loss_hparams={"clip_low": 0.2, "clip_high": 0.2, "agg": "seq-mean-token-mean"},
     ),
     # DCPO: accuracy advantage on reasoning tokens, calibration advantage on confidence tokens.

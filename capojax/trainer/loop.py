@@ -44,9 +44,16 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def _uses_reference(spec) -> bool:
-    """Whether the spec's advantage estimator reads the reference perplexity (CAPO's noise mask)."""
-    return "ref_high" in spec.advantage_hparams
+def algo_overrides(defaults, algo_cfg, renames: dict[str, str] | None = None) -> dict[str, Any]:
+    """The config.algo values of a spec's own hyper-parameters (`defaults`' keys, config key renamed by `renames`);
+    an empty string or None keeps the spec's default."""
+    renames = renames or {}
+    out = {}
+    for key in defaults:
+        cfg_key = renames.get(key, key)
+        if cfg_key in algo_cfg and algo_cfg[cfg_key] not in ("", None):
+            out[key] = algo_cfg[cfg_key]
+    return out
 
 
 class TrainingError(RuntimeError):
@@ -138,7 +145,8 @@ class Trainer:
             self.model_path, dtype=param_dtype, compute_dtype=compute_dtype, mesh=self.mesh, remat=bool(config.model.remat)
         )
         self.graphdef, self.params = nnx.split(actor)
-        self.needs_reference = bool(config.algo.kl_coef) or _uses_reference(self.spec)
+        self._adv_overrides = algo_overrides(self.spec.advantage_hparams, config.algo)
+        self.needs_reference = bool(config.algo.kl_coef) or self.spec.reads_reference(**self._adv_overrides)
         self.ref_params = None
         if self.needs_reference:
             ref_dtype = _dtype(config.model.ref_dtype, "model.ref_dtype")
@@ -160,11 +168,10 @@ class Trainer:
         self.rng = jax.random.key(int(t.seed))
         self.step = 0
 
-        self._loss_overrides = self._pick(self.spec.loss_hparams, config.algo, {"agg": "loss_agg"})
+        self._loss_overrides = algo_overrides(self.spec.loss_hparams, config.algo, {"agg": "loss_agg"})
         # seq-mean-token-sum-norm (Dr.GRPO) divides token sums by a constant length: the response limit, not the
         # padded bucket, so the loss does not depend on batch shapes. The other aggregations ignore it.
         self._loss_overrides["norm_len"] = int(config.rollout.max_new_tokens)
-        self._adv_overrides = self._pick(self.spec.advantage_hparams, config.algo, {})
         objective = self.spec.objective(**self._loss_overrides)
         rows_per_update = int(t.ppo_mini_batch) * int(config.rollout.n)
         micro_batches = rows_per_update // int(t.micro_batch) if t.micro_batch else 1
@@ -189,16 +196,6 @@ class Trainer:
         self._bad_in_a_row = 0
 
     # ------------------------------------------------------------------------------------------ setup
-
-    @staticmethod
-    def _pick(defaults, algo_cfg, renames: dict[str, str]) -> dict[str, Any]:
-        """Config values for the spec's own hyper-parameters (an empty string keeps the spec's default)."""
-        out = {}
-        for key in defaults:
-            cfg_key = renames.get(key, key)
-            if cfg_key in algo_cfg and algo_cfg[cfg_key] not in ("", None):
-                out[key] = algo_cfg[cfg_key]
-        return out
 
     def _init_opt_state(self):
         param_shardings = jax.tree.map(lambda x: x.sharding, self.params)

@@ -129,3 +129,18 @@ def test_clear_errors():
         register_advantage_estimator("grpo")(lambda inputs: inputs.rewards)
     with pytest.raises(ValueError, match="unknown advantage estimator"):
         AlgorithmSpec(name="x", advantage="nope", ratio_level="token", advantage_hparams={}, loss_hparams={})
+
+
+def test_which_algorithms_read_the_reference():
+    """The trainer loads a reference model only for estimators that declare they read ref_ppl (or for KL)."""
+    assert get_algorithm("capo").reads_reference()
+    assert not get_algorithm("capo").reads_reference(use_ref_mask=False)
+    assert not any(get_algorithm(name).reads_reference() for name in ("grpo", "drgrpo", "gspo", "dcpo"))
+    # and the flag is what the mask does: without it CAPO's advantages ignore ref_ppl
+    inputs, _ = _inputs()
+    inputs = inputs.replace(ref_ppl=jnp.full((B, G), 3.0))  # above ref_high: the mask drops every correct sample
+    capo = get_algorithm("capo")
+    masked = capo.advantages(inputs, tau=0.6)
+    unmasked = capo.advantages(inputs, tau=0.6, use_ref_mask=False)
+    np.testing.assert_allclose(np.asarray(unmasked), np.asarray(capo.advantages(inputs.replace(ref_ppl=None), tau=0.6)))
+    assert not np.allclose(np.asarray(masked), np.asarray(unmasked))
