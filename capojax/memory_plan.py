@@ -360,7 +360,8 @@ def memory_plan(config) -> MemoryPlan:
     graphdef, params = abstract_model(qcfg, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat, mesh=mesh)
 
     spec = objectives.get_algorithm(str(config.algo.name))
-    needs_reference = bool(config.algo.kl_coef) or spec.reads_reference(**algo_overrides(spec.advantage_hparams, config.algo))
+    needs_reference = bool(config.algo.kl_coef) or spec.reads_reference(
+        **algo_overrides(spec.advantage_hparams, config.algo))
     ref_graphdef = ref_params = None
     if needs_reference:
         ref_graphdef, ref_params = abstract_model(qcfg, param_dtype=ref_dtype, compute_dtype=compute_dtype,
