@@ -214,13 +214,14 @@ class Qwen(nnx.Module):
         x, _ = jax.lax.scan(body, x, state)
         return rms_norm(x, self.norm[...], self.config.rms_norm_eps)
 
+    def output_matrix(self) -> jax.Array:
+        """[H, V] in the compute dtype: embed.T when the embeddings are tied, else lm_head."""
+        w = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+        return w.astype(self.dtype)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """hidden [..., H] -> logits f32[..., V] (tied: hidden @ embed.T)."""
-        if self.config.tie_word_embeddings:
-            w = self.embed[...].astype(self.dtype)
-            return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
-        w = self.lm_head[...].astype(self.dtype)
-        return jnp.einsum("...h,hv->...v", hidden, w, preferred_element_type=jnp.float32)
+        """hidden [..., H] -> logits f32[..., V]."""
+        return jnp.einsum("...h,hv->...v", hidden, self.output_matrix(), preferred_element_type=jnp.float32)
 
     # ------------------------------------------------------------------ KV-cache decode
 

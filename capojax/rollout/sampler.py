@@ -237,12 +237,6 @@ def _decode_layers(model, *, fuse: bool) -> list[_DecodeLayer]:
     return layers
 
 
-def _output_matrix(model) -> jax.Array:
-    """[H, V] in the compute dtype: the tied embedding transposed once here rather than inside every step's dot."""
-    w = model.embed[...].T if model.config.tie_word_embeddings else model.lm_head[...]
-    return w.astype(model.dtype)
-
-
 def _decode_one(model, layers: list[_DecodeLayer], head, tokens, positions, cache: _StepCache, valid, slot):
     """One new token per row through the unrolled layers: `Qwen.decode` with S = 1 on `_DecodeLayer` weights.
 
@@ -339,7 +333,7 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
 
     cache = _StepCache(split(cache.k, (0, 1, 3, 4, 2), _KEY_AXES), split(cache.v, (0, 1, 3, 2, 4), _VALUE_AXES))
     layers = _decode_layers(model, fuse=fuse_weights)
-    head = _output_matrix(model)
+    head = model.output_matrix()  # [H, V], transposed once here rather than in every step's dot
     cache_mask = jnp.concatenate(
         [jnp.repeat(prompt_mask, n, axis=0), jnp.ones((N, buffer_len), bool)], axis=1)
     cache_mask = _constrain_rows(cache_mask, 0, mesh)
@@ -385,11 +379,11 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
             t, _, bufs, _ = carry
             return (t < jnp.minimum(max_new_tokens, end)) & ~jnp.all(bufs[3])
 
-        def body(carry, end=end):
+        def body(carry, mask=cache_mask[:, :P + end], seg_slots=slots[:P + end]):
             t, prev, bufs, cache = carry
             # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
             slot = P + t - 1
-            valid = cache_mask[:, :P + end] & (slots[:P + end] <= slot)[None, :]
+            valid = mask & (seg_slots <= slot)[None, :]
             step_logits, cache = _decode_one(model, layers, head, prev, row_len + t - 1, cache, valid, slot)
             tok, lp = pick(step_logits, t)
             bufs, tok = record(bufs, t, tok, lp)
@@ -403,8 +397,8 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
     return SampleOutput(tokens=tokens_buf, logprobs=lp_buf, lengths=lengths, finished=finished)
 
 
-_sample_jit = jax.jit(_sample_impl, static_argnames=("graphdef", "n", "buffer_len", "greedy", "use_filter", "fuse_weights",
-                                                      "mesh"))
+_sample_jit = jax.jit(_sample_impl, static_argnames=("graphdef", "n", "buffer_len", "greedy", "use_filter",
+                                                      "fuse_weights", "mesh"))
 
 
 def _stop_array(ids: Sequence[int]) -> np.ndarray:
