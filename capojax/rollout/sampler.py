@@ -19,8 +19,9 @@ only: not on the rows appended after it (the engine's batch padding) nor on how 
 
 Speed on CPU (scripts/bench_sampler.py): the step is a chain of small-batch dots whose cost is mostly fixed
 overhead and weight traffic, so the loop keeps the dot count low (fused q/k/v and gate/up on CPU, weights laid
-out as 2-D matrices once per call), keeps RNG and arg-max out of the loop (one uniform per row and step,
-inverse-CDF pick) and lets attention read only the slots its segment can have filled.
+out as 2-D matrices once per call), runs them on XLA:CPU's faster path for this shape (`_CPU_COMPILER_OPTIONS`)
+with attention as matrix-vector products (`_group_einsum`), keeps RNG and arg-max out of the loop (one uniform
+per row and step, inverse-CDF pick) and lets attention read only the slots its segment can have filled.
 
 Recompiles: shapes are the only compile keys besides the three static switches (greedy, top-k/top-p on
 or off, samples per prompt). `JaxRolloutEngine` buckets the prompt count, prompt length and the
@@ -31,6 +32,8 @@ traced values, so a training run compiles once per bucket.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 import time
 from typing import Any, NamedTuple, Sequence
@@ -237,12 +240,29 @@ def _decode_layers(model, *, fuse: bool) -> list[_DecodeLayer]:
     return layers
 
 
-def _decode_one(model, layers: list[_DecodeLayer], head, tokens, positions, cache: _StepCache, valid, slot):
+def _group_einsum(spec: str, a: jax.Array, b: jax.Array, *, per_member: bool) -> jax.Array:
+    """A grouped-query attention product: `spec` over [N, kv, G, .] x [N, kv, ., .] -> [N, kv, G, .] in f32.
+
+    per_member: one product per member g of the query group, each a batched matrix-vector product, stacked on
+    axis 2. XLA:CPU's Eigen path runs a batched dot with G-row matrices (G = 2 here) as N * kv tiny GEMMs at
+    ~3x the cost of the G matrix-vector products, which it emits as plain vectorised loops.
+    """
+    if not per_member:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    lhs, rest = spec.split(",")
+    member_spec = f"{lhs.replace('g', '')},{rest.replace('g', '')}"
+    return jnp.stack([jnp.einsum(member_spec, a[:, :, g], b, preferred_element_type=jnp.float32)
+                      for g in range(a.shape[2])], axis=2)
+
+
+def _decode_one(model, layers: list[_DecodeLayer], head, tokens, positions, cache: _StepCache, valid, slot, *,
+                cpu_tuned: bool):
     """One new token per row through the unrolled layers: `Qwen.decode` with S = 1 on `_DecodeLayer` weights.
 
     The parity tests (sampler log-probs == a teacher-forced `Qwen.__call__`) pin this to the model's math.
     tokens, positions: i32[N]; head: [H, V]; valid: bool[N, S] slots a query may attend (prompt + generated so
-    far, including `slot`); slot: i32[] where this token's k/v go -> (logits f32[N, V], cache).
+    far, including `slot`); slot: i32[] where this token's k/v go; cpu_tuned: attention as per-member products
+    (`_group_einsum`) -> (logits f32[N, V], cache).
     """
     c = model.config
     eps = c.rms_norm_eps
@@ -268,11 +288,10 @@ def _decode_one(model, layers: list[_DecodeLayer], head, tokens, positions, cach
                                                (zero, zero, zero, slot))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, zero, slot, zero))
         qg = q.reshape(n, nkv, nh // nkv, d)
-        scores = jnp.einsum("nkgd,nkds->nkgs", qg, k_cache.astype(qg.dtype),
-                            preferred_element_type=jnp.float32) * (d**-0.5)
+        scores = _group_einsum("nkgd,nkds->nkgs", qg, k_cache.astype(qg.dtype), per_member=cpu_tuned) * (d**-0.5)
         scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-        out = jnp.einsum("nkgs,nksd->nkgd", probs, v_cache).astype(x.dtype)
+        out = _group_einsum("nkgs,nksd->nkgd", probs, v_cache, per_member=cpu_tuned).astype(x.dtype)
         x = x + out.reshape(n, nh * d) @ w.wo
         y = rms_norm(x, w.mlp_norm, eps)
         if w.w_up is None:  # fused [gate | up] projection
@@ -312,7 +331,7 @@ def _grow_cache(cache: _StepCache, extra: int, mesh: Mesh | None) -> _StepCache:
 
 def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, top_k, top_p,
                  max_new_tokens, stop_ids, pad_id, *, n: int, buffer_len: int, greedy: bool,
-                 use_filter: bool, fuse_weights: bool, mesh: Mesh | None):
+                 use_filter: bool, cpu_tuned: bool, mesh: Mesh | None):
     model = nnx.merge(graphdef, state)
     B, P = prompt_tokens.shape
     N = B * n
@@ -332,7 +351,7 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
         return tuple(_constrain_step_cache(x[i], mesh, axes) for i in range(x.shape[0]))
 
     cache = _StepCache(split(cache.k, (0, 1, 3, 4, 2), _KEY_AXES), split(cache.v, (0, 1, 3, 2, 4), _VALUE_AXES))
-    layers = _decode_layers(model, fuse=fuse_weights)
+    layers = _decode_layers(model, fuse=cpu_tuned)
     head = model.output_matrix()  # [H, V], transposed once here rather than in every step's dot
     cache_mask = jnp.concatenate(
         [jnp.repeat(prompt_mask, n, axis=0), jnp.ones((N, buffer_len), bool)], axis=1)
@@ -384,7 +403,8 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
             # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
             slot = P + t - 1
             valid = mask & (seg_slots <= slot)[None, :]
-            step_logits, cache = _decode_one(model, layers, head, prev, row_len + t - 1, cache, valid, slot)
+            step_logits, cache = _decode_one(model, layers, head, prev, row_len + t - 1, cache, valid, slot,
+                                             cpu_tuned=cpu_tuned)
             tok, lp = pick(step_logits, t)
             bufs, tok = record(bufs, t, tok, lp)
             return t + 1, tok, bufs, cache
@@ -397,8 +417,26 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
     return SampleOutput(tokens=tokens_buf, logprobs=lp_buf, lengths=lengths, finished=finished)
 
 
-_sample_jit = jax.jit(_sample_impl, static_argnames=("graphdef", "n", "buffer_len", "greedy", "use_filter",
-                                                      "fuse_weights", "mesh"))
+_STATIC_ARGS = ("graphdef", "n", "buffer_len", "greedy", "use_filter", "cpu_tuned", "mesh")
+_sample_jit = jax.jit(_sample_impl, static_argnames=_STATIC_ARGS)
+
+# XLA:CPU hands dots to YNNPACK by default. For the decode step's chain of 16-row dots, each against a different
+# weight matrix, its Eigen path is ~1.5x faster (scripts/bench_sampler.py); YNNPACK only wins on the batched
+# attention dots, which `_group_einsum` turns into matrix-vector products that neither library runs.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _cpu_tuned_jit():
+    """`_sample_jit` compiled with `_CPU_COMPILER_OPTIONS`, or `_sample_jit` itself when this XLA rejects them
+    (the option is experimental: a jaxlib without it must still sample, only slower)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
+    except Exception as err:  # noqa: BLE001 - any rejection means "use the defaults"
+        logging.getLogger(__name__).warning("XLA rejected the sampler's CPU compiler options %s (%s); sampling "
+                                            "with the defaults", _CPU_COMPILER_OPTIONS, err)
+        return _sample_jit
+    return jax.jit(_sample_impl, static_argnames=_STATIC_ARGS, compiler_options=_CPU_COMPILER_OPTIONS)
 
 
 def _stop_array(ids: Sequence[int]) -> np.ndarray:
@@ -411,7 +449,7 @@ def _stop_array(ids: Sequence[int]) -> np.ndarray:
 def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt_mask: jax.Array,
            params: SamplingParams, key: jax.Array | None = None, *, eos_ids: Sequence[int] = (),
            pad_id: int = 0, buffer_len: int | None = None, mesh: Mesh | None = None,
-           fuse_weights: bool | None = None) -> SampleOutput:
+           cpu_tuned: bool | None = None) -> SampleOutput:
     """Samples `params.n` completions per prompt with a KV cache; one jitted prefill + while_loop.
 
     model: a `Qwen` (or `(graphdef, state)` from `nnx.split`, to skip the split on hot paths).
@@ -419,8 +457,9 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     key: PRNG key (default `jax.random.key(params.seed)`); eos_ids + params.stop_token_ids end a row.
     buffer_len: completion buffer T (static; default max_new_tokens) — a larger bucket avoids recompiles,
     generation still stops at params.max_new_tokens.
-    fuse_weights: decode with fused q/k/v and gate/up matrices (static; default: on the CPU backend only,
-    see `_decode_layers`). Same numbers either way up to float rounding.
+    cpu_tuned: decode the way XLA:CPU runs fastest (static; default: on the CPU backend only): fused q/k/v and
+    gate/up matrices (`_decode_layers`), attention as per-query-head matrix-vector products (`_group_einsum`),
+    Eigen dots instead of YNNPACK (`_CPU_COMPILER_OPTIONS`). Same numbers either way up to float rounding.
     Returns SampleOutput with N = B * n prompt-major rows and T = buffer_len columns.
     """
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
@@ -438,15 +477,15 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     greedy = params.temperature == 0
     use_filter = (not greedy) and (params.top_k > 0 or params.top_p < 1.0)
-    if fuse_weights is None:
-        fuse_weights = jax.default_backend() == "cpu"
-    return _sample_jit(
+    if cpu_tuned is None:
+        cpu_tuned = jax.default_backend() == "cpu"
+    return (_cpu_tuned_jit() if cpu_tuned else _sample_jit)(
         graphdef, state, prompt_tokens, prompt_mask, key,
         jnp.asarray(params.temperature if not greedy else 1.0, jnp.float32),
         jnp.asarray(params.top_k, jnp.int32), jnp.asarray(params.top_p, jnp.float32),
         jnp.asarray(params.max_new_tokens, jnp.int32),
         jnp.asarray(_stop_array(tuple(eos_ids) + tuple(params.stop_token_ids))), jnp.asarray(pad_id, jnp.int32),
-        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, fuse_weights=fuse_weights, mesh=mesh)
+        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, cpu_tuned=cpu_tuned, mesh=mesh)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -129,19 +129,22 @@ def test_generation_across_cache_segments_equals_teacher_forced(model, batch):
     assert np.all(np.asarray(out.logprobs)[:, 70:] == 0) and np.all(np.asarray(out.tokens)[:, 70:] == PAD)
 
 
-@pytest.mark.parametrize("variant,fuse", [("qwen2", False), ("qwen3", True), ("qwen3", False), ("qwen2_untied", True)])
-def test_other_architectures_logprobs_equal_teacher_forced(batch, variant, fuse):
-    """The decode step re-lays the weights out per architecture (biases, q/k norms, untied head), fused (the
-    CPU default) or not (the accelerator default): each against the full forward."""
+@pytest.mark.parametrize("variant,cpu_tuned", [("qwen2", False), ("qwen3", True), ("qwen3", False),
+                                               ("qwen2_untied", True), ("groups_of_4", True)])
+def test_other_architectures_logprobs_equal_teacher_forced(batch, variant, cpu_tuned):
+    """The decode step re-lays the weights out per architecture (biases, q/k norms, untied head, query groups),
+    CPU-tuned (fused matrices, per-member attention products: the CPU default) or not (the accelerator
+    default): each against the full forward."""
     import dataclasses
 
     extra = {"qwen2": {}, "qwen3": dict(qkv_bias=False, qk_norm=True, head_dim=16),
-             "qwen2_untied": dict(tie_word_embeddings=False)}[variant]
+             "qwen2_untied": dict(tie_word_embeddings=False), "groups_of_4": dict(num_heads=8, head_dim=4)}[variant]
     config = dataclasses.replace(CONFIG, **extra)
     graphdef, state = nnx.split(init_model(config, seed=1))
     other = nnx.merge(graphdef, _redraw(state, 5))
     tokens, mask = batch
-    out = sample(other, tokens, mask, SamplingParams(n=1, max_new_tokens=T, seed=2), pad_id=PAD, fuse_weights=fuse)
+    out = sample(other, tokens, mask, SamplingParams(n=1, max_new_tokens=T, seed=2), pad_id=PAD,
+                 cpu_tuned=cpu_tuned)
     logits = teacher_forced_logits(other, tokens, mask, out.tokens, 1)
     expected = picked(jax.nn.log_softmax(logits, axis=-1), out.tokens)
     np.testing.assert_allclose(np.asarray(out.logprobs), expected, atol=1e-4, rtol=0)
@@ -336,3 +339,18 @@ def test_bad_inputs_have_clear_errors(engine, model):
     with pytest.raises(ValueError, match="stop ids"):
         sample(model, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), bool),
                SamplingParams(stop_token_ids=tuple(range(40))))
+
+
+def test_cpu_compiler_options_fall_back_to_the_defaults_when_rejected(monkeypatch, caplog):
+    """The CPU options are experimental XLA flags: a jaxlib that does not know them must still sample."""
+    from capojax.rollout import sampler as sampler_module
+
+    sampler_module._cpu_tuned_jit.cache_clear()
+    monkeypatch.setattr(sampler_module, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_for_the_test": True})
+    try:
+        assert sampler_module._cpu_tuned_jit() is sampler_module._sample_jit
+        assert "rejected the sampler's CPU compiler options" in caplog.text
+    finally:
+        monkeypatch.undo()
+        sampler_module._cpu_tuned_jit.cache_clear()
+    assert sampler_module._cpu_tuned_jit() is not sampler_module._sample_jit  # this jaxlib accepts the real ones
