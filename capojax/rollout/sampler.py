@@ -255,19 +255,19 @@ def _group_einsum(spec: str, a: jax.Array, b: jax.Array, *, per_member: bool) ->
                       for g in range(a.shape[2])], axis=2)
 
 
-def _decode_one(model, layers: list[_DecodeLayer], head, tokens, positions, cache: _StepCache, valid, slot, *,
+def _decode_one(model, layers: list[_DecodeLayer], head, tokens, rope, cache: _StepCache, valid, slot, *,
                 cpu_tuned: bool):
     """One new token per row through the unrolled layers: `Qwen.decode` with S = 1 on `_DecodeLayer` weights.
 
     The parity tests (sampler log-probs == a teacher-forced `Qwen.__call__`) pin this to the model's math.
-    tokens, positions: i32[N]; head: [H, V]; valid: bool[N, S] slots a query may attend (prompt + generated so
-    far, including `slot`); slot: i32[] where this token's k/v go; cpu_tuned: attention as per-member products
-    (`_group_einsum`) -> (logits f32[N, V], cache).
+    tokens: i32[N]; rope: (cos, sin) f32[N, 1, D] at each row's position; head: [H, V]; valid: bool[N, S] slots
+    a query may attend (prompt + generated so far, including `slot`); slot: i32[] where this token's k/v go;
+    cpu_tuned: attention as per-member products (`_group_einsum`) -> (logits f32[N, V], cache).
     """
     c = model.config
     eps = c.rms_norm_eps
     n, nh, nkv, d = tokens.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
-    cos, sin = rope_tables(positions[:, None], d, c.rope_theta)  # [N, 1, D]
+    cos, sin = rope
     x = model.embed[...][tokens].astype(model.dtype)  # [N, H]
     zero = jnp.zeros((), jnp.int32)
     ks, vs = [], []
@@ -358,6 +358,10 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
     cache_mask = _constrain_rows(cache_mask, 0, mesh)
     slots = jnp.arange(P + buffer_len, dtype=jnp.int32)
     row_len = jnp.repeat(prompt_len, n, axis=0)  # [N] real prompt tokens per row
+    # cos/sin of every position the loop can reach, f32[P + T, D] each, looked up per step: computed in the step,
+    # XLA fuses (so recomputes) the transcendentals into each of the ~10 ops that read them.
+    rope = tuple(x[0] for x in rope_tables(jnp.arange(P + buffer_len, dtype=jnp.int32)[None], model.config.head_dim,
+                                           model.config.rope_theta))
     # Every draw of the run up front (u[r, t] from fold_in(fold_in(key, r), t)): no RNG inside the loop.
     def draw(r, t):
         return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, r), t), (),
@@ -403,7 +407,8 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
             # Token t-1 goes into slot P + t - 1 at position prompt_len + t - 1; its logits give token t.
             slot = P + t - 1
             valid = mask & (seg_slots <= slot)[None, :]
-            step_logits, cache = _decode_one(model, layers, head, prev, row_len + t - 1, cache, valid, slot,
+            step_rope = tuple(jnp.take(table, row_len + t - 1, axis=0)[:, None] for table in rope)
+            step_logits, cache = _decode_one(model, layers, head, prev, step_rope, cache, valid, slot,
                                              cpu_tuned=cpu_tuned)
             tok, lp = pick(step_logits, t)
             bufs, tok = record(bufs, t, tok, lp)
