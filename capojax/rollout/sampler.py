@@ -88,6 +88,12 @@ def process_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, 
     return jnp.where(x >= thresh, x, _NEG_INF)
 
 
+def _last_index(condition: jax.Array) -> jax.Array:
+    """bool[N, K] -> i32[N]: the last k where condition holds (-1 where it never does)."""
+    index = jnp.arange(condition.shape[-1], dtype=jnp.int32)
+    return jnp.max(jnp.where(condition, index, -1), axis=-1)
+
+
 def _inverse_cdf(weights: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Draws one index per row with probability proportional to `weights` by inverting the CDF.
 
@@ -95,12 +101,24 @@ def _inverse_cdf(weights: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, ja
     f32[N] row totals). The pick is the last index of positive weight whose exclusive prefix sum is below
     u * total: the usual "first index whose CDF reaches u * total" in exact arithmetic, but written so that
     rounding in the prefix sums can never pick an index of weight 0 (a filtered token would get log-prob -inf).
+
+    Two levels, each a prefix sum over ~sqrt(V) entries: pick the block of the vocabulary, then the index inside
+    it. A V-wide prefix sum costs XLA:CPU a log-depth chain of V-wide passes, more than the whole pick below.
+    The first positive entry of the first positive block has exclusive prefix 0 < u * total, so both picks exist.
     """
-    cdf = jnp.cumsum(weights, axis=-1)
-    total = cdf[:, -1]
-    eligible = (weights > 0) & (cdf - weights < (uniforms * total)[:, None])
-    index = jnp.arange(weights.shape[-1], dtype=jnp.int32)
-    return jnp.max(jnp.where(eligible, index, -1), axis=-1), total
+    n, vocab = weights.shape
+    size = 1 << max(0, math.ceil(math.log2(math.sqrt(vocab))))
+    count = -(-vocab // size)
+    blocks = jnp.pad(weights, ((0, 0), (0, count * size - vocab))).reshape(n, count, size)
+    block_total = blocks.sum(-1)  # [N, count]
+    block_before = jnp.cumsum(block_total, axis=-1) - block_total
+    total = block_before[:, -1] + block_total[:, -1]
+    target = uniforms * total
+    block = _last_index((block_total > 0) & (block_before < target[:, None]))
+    inner = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # [N, size]
+    rest = target - jnp.take_along_axis(block_before, block[:, None], axis=1)[:, 0]
+    inner_before = jnp.cumsum(inner, axis=-1) - inner
+    return block * size + _last_index((inner > 0) & (inner_before < rest[:, None])), total
 
 
 def _select(logits: jax.Array, uniforms: jax.Array, temperature, top_k, top_p, *, greedy: bool,

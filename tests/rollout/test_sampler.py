@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capojax.models import Qwen, QwenConfig, init_model
 from capojax.rollout import JaxRolloutEngine, Rollout, RolloutEngine, SamplingParams, process_logits, sample
@@ -354,3 +356,27 @@ def test_cpu_compiler_options_fall_back_to_the_defaults_when_rejected(monkeypatc
         monkeypatch.undo()
         sampler_module._cpu_tuned_jit.cache_clear()
     assert sampler_module._cpu_tuned_jit() is not sampler_module._sample_jit  # this jaxlib accepts the real ones
+
+
+@settings(max_examples=40, deadline=None)
+@given(vocab=st.sampled_from([1, 2, 7, 64, 100, 1000]), zero_share=st.floats(0.0, 0.95), seed=st.integers(0, 2**16))
+def test_inverse_cdf_picks_the_interval_holding_u_and_never_a_zero_weight(vocab, zero_share, seed):
+    """The two-level pick against a float64 flat CDF: index i is picked iff u * total falls in
+    [CDF(i-1), CDF(i)), up to float32 rounding at the interval ends; zero weights (filtered tokens) never."""
+    from capojax.rollout.sampler import _inverse_cdf
+
+    rng = np.random.default_rng(seed)
+    weights = rng.exponential(size=(64, vocab)) * (rng.random((64, vocab)) >= zero_share)
+    weights[np.arange(64), rng.integers(0, vocab, 64)] += 1e-3  # every row needs a positive entry
+    weights = weights.astype(np.float32)
+    u = rng.uniform(np.finfo(np.float32).tiny, 1.0, 64).astype(np.float32)
+    index, total = map(np.asarray, _inverse_cdf(jnp.asarray(weights), jnp.asarray(u)))
+    rows = np.arange(64)
+    assert np.all(weights[rows, index] > 0)
+    w64 = weights.astype(np.float64)
+    np.testing.assert_allclose(total, w64.sum(-1), rtol=1e-5)
+    cdf = np.cumsum(w64, axis=-1)
+    target = u * w64.sum(-1)
+    slack = 1e-5 * w64.sum(-1)
+    assert np.all(cdf[rows, index] - w64[rows, index] <= target + slack)
+    assert np.all(target <= cdf[rows, index] + slack)
