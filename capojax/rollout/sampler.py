@@ -263,7 +263,7 @@ def _group_einsum(spec: str, a: jax.Array, b: jax.Array, *, per_member: bool) ->
 
     per_member: one product per member g of the query group, each a batched matrix-vector product, stacked on
     axis 2. XLA:CPU's Eigen path runs a batched dot with G-row matrices (G = 2 here) as N * kv tiny GEMMs at
-    ~3x the cost of the G matrix-vector products, which it emits as plain vectorised loops.
+    ~2.5x the cost of the G matrix-vector products, which it emits as plain vectorised loops.
     """
     if not per_member:
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
@@ -443,23 +443,28 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
 _STATIC_ARGS = ("graphdef", "n", "buffer_len", "greedy", "use_filter", "cpu_tuned", "mesh")
 _sample_jit = jax.jit(_sample_impl, static_argnames=_STATIC_ARGS)
 
-# XLA:CPU hands dots to YNNPACK by default. For the decode step's chain of 16-row dots, each against a different
-# weight matrix, its Eigen path is ~1.5x faster (scripts/bench_sampler.py); YNNPACK only wins on the batched
-# attention dots, which `_group_einsum` turns into matrix-vector products that neither library runs.
+# XLA:CPU hands dots to YNNPACK by default. On the decode step's chain of 16-row dots, each against a different
+# weight matrix, its Eigen path is ~1.5x faster; YNNPACK only wins on the batched attention dots, which
+# `_group_einsum` turns into matrix-vector products that neither library runs. Together: ~1.25x per sample call.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _jit_with_compiler_options(options: dict[str, Any]):
+    """`_sample_impl` jitted with XLA `options`, or `_sample_jit` when this XLA rejects them (they are
+    experimental flags: a jaxlib without them must still sample, only slower)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+    except Exception as err:  # noqa: BLE001 - any rejection means "use the defaults"
+        logging.getLogger(__name__).warning("XLA rejected the sampler's compiler options %s (%s); sampling with "
+                                            "the defaults", options, err)
+        return _sample_jit
+    return jax.jit(_sample_impl, static_argnames=_STATIC_ARGS, compiler_options=options)
 
 
 @functools.cache
 def _cpu_tuned_jit():
-    """`_sample_jit` compiled with `_CPU_COMPILER_OPTIONS`, or `_sample_jit` itself when this XLA rejects them
-    (the option is experimental: a jaxlib without it must still sample, only slower)."""
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
-    except Exception as err:  # noqa: BLE001 - any rejection means "use the defaults"
-        logging.getLogger(__name__).warning("XLA rejected the sampler's CPU compiler options %s (%s); sampling "
-                                            "with the defaults", _CPU_COMPILER_OPTIONS, err)
-        return _sample_jit
-    return jax.jit(_sample_impl, static_argnames=_STATIC_ARGS, compiler_options=_CPU_COMPILER_OPTIONS)
+    """The jitted sampler `cpu_tuned` calls use (one per process, so its compile cache is shared)."""
+    return _jit_with_compiler_options(_CPU_COMPILER_OPTIONS)
 
 
 def _stop_array(ids: Sequence[int]) -> np.ndarray:

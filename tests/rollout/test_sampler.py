@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from capojax.models import Qwen, QwenConfig, init_model
 from capojax.rollout import JaxRolloutEngine, Rollout, RolloutEngine, SamplingParams, process_logits, sample
-from capojax.rollout.sampler import _sample_jit, pad_prompts
+from capojax.rollout.sampler import _cpu_tuned_jit, _sample_jit, pad_prompts
 
 PAD = 0
 # Different lengths, left-padded to 8. Four prompts and P = 8 are also the engine's bucket shapes (batch 4,
@@ -304,11 +304,12 @@ def test_update_weights_swaps_params_without_recompiling():
     engine = JaxRolloutEngine(model_a, pad_id=PAD, min_prompt_bucket=8, min_new_bucket=8)
     params = SamplingParams(max_new_tokens=T, temperature=0.0)
     before = engine.generate(PROMPTS, params)
-    compiled = _sample_jit._cache_size()
+    sampler_jit = _cpu_tuned_jit() if jax.default_backend() == "cpu" else _sample_jit  # the one the engine uses
+    compiled = sampler_jit._cache_size()
     metrics = engine.update_weights(nnx.state(model_b))
     assert metrics["timing/sync"] >= 0
     after = engine.generate(PROMPTS, params)
-    assert _sample_jit._cache_size() == compiled, "update_weights must not trigger a recompile"
+    assert sampler_jit._cache_size() == compiled, "update_weights must not trigger a recompile"
     expected = JaxRolloutEngine(model_b, pad_id=PAD, min_prompt_bucket=8, min_new_bucket=8).generate(PROMPTS, params)
     np.testing.assert_array_equal(after.tokens, expected.tokens)
     assert not np.array_equal(after.tokens, before.tokens)
@@ -343,19 +344,13 @@ def test_bad_inputs_have_clear_errors(engine, model):
                SamplingParams(stop_token_ids=tuple(range(40))))
 
 
-def test_cpu_compiler_options_fall_back_to_the_defaults_when_rejected(monkeypatch, caplog):
+def test_cpu_compiler_options_fall_back_to_the_defaults_when_rejected(caplog):
     """The CPU options are experimental XLA flags: a jaxlib that does not know them must still sample."""
-    from capojax.rollout import sampler as sampler_module
+    from capojax.rollout.sampler import _CPU_COMPILER_OPTIONS, _jit_with_compiler_options
 
-    sampler_module._cpu_tuned_jit.cache_clear()
-    monkeypatch.setattr(sampler_module, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_for_the_test": True})
-    try:
-        assert sampler_module._cpu_tuned_jit() is sampler_module._sample_jit
-        assert "rejected the sampler's CPU compiler options" in caplog.text
-    finally:
-        monkeypatch.undo()
-        sampler_module._cpu_tuned_jit.cache_clear()
-    assert sampler_module._cpu_tuned_jit() is not sampler_module._sample_jit  # this jaxlib accepts the real ones
+    assert _jit_with_compiler_options({"xla_cpu_no_such_option_for_the_test": True}) is _sample_jit
+    assert "rejected the sampler's compiler options" in caplog.text
+    assert _jit_with_compiler_options(_CPU_COMPILER_OPTIONS) is not _sample_jit  # this jaxlib accepts the real ones
 
 
 @settings(max_examples=40, deadline=None)
