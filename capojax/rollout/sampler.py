@@ -24,9 +24,9 @@ with attention as matrix-vector products (`_group_einsum`), keeps RNG and arg-ma
 per row and step, inverse-CDF pick) and lets attention read only the slots its segment can have filled.
 
 Recompiles: shapes are the only compile keys besides the static switches (greedy, top-k/top-p on or off,
-samples per prompt; `cpu_tuned`, fixed by the backend). `JaxRolloutEngine` buckets the prompt count, prompt length and the
-completion buffer to powers of two, and temperature, top-p, top-k, max_new_tokens and the stop ids are
-traced values, so a training run compiles once per bucket.
+samples per prompt; `cpu_tuned`, fixed by the backend). `JaxRolloutEngine` buckets the prompt count, prompt
+length and the completion buffer to powers of two, and temperature, top-p, top-k, max_new_tokens and the stop
+ids are traced values, so a training run compiles once per bucket.
 """
 
 from __future__ import annotations
