@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from capojax.metrics.calibration import PrecisionCoverage, ReliabilityDiagram
 
-__all__ = ["save_reliability_diagram", "save_precision_coverage"]
+__all__ = ["save_reliability_diagram", "save_precision_coverage", "save_study_figure"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
@@ -95,4 +95,74 @@ def save_precision_coverage(
     ax.set_ylabel("precision (fraction correct)")
     ax.set_title(title or "precision-coverage")
     ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+# Panels of the calibration study: (metric key, title); the last panel is AUC-mean against accuracy.
+STUDY_PANELS = (
+    ("val/accuracy", "accuracy (mean@n)"),
+    ("val/auc_mean", "AUC-mean of lpm"),
+    ("val/ece", "ECE of exp(lpm)"),
+    ("val/entropy", "token entropy (nats)"),
+    ("val/stated/ece", "ECE of stated confidence"),
+)
+
+
+def _seed_band(cells: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """steps, seed-mean and seed-SD of `key` over the cells (NaN-aware: a seed whose value is undefined at a step,
+    e.g. AUC-mean with no mixed prompt, is left out there; a step nobody defines is NaN)."""
+    steps = sorted({r["step"] for c in cells for r in c["curve"]})
+    table = np.full((len(cells), len(steps)), np.nan)
+    for i, c in enumerate(cells):
+        for r in c["curve"]:
+            table[i, steps.index(r["step"])] = r.get(key, np.nan)
+    defined = ~np.isnan(table)
+    count = defined.sum(0)
+    mean = np.where(count > 0, np.nansum(table, 0) / np.maximum(count, 1), np.nan)
+    dev = np.where(defined, table - mean, 0.0)
+    sd = np.where(count > 1, np.sqrt((dev**2).sum(0) / np.maximum(count - 1, 1)), 0.0)
+    return np.asarray(steps, float), mean, sd
+
+
+def save_study_figure(curves: Mapping[str, dict], path: str | os.PathLike, *, base: Mapping | None = None) -> pathlib.Path:
+    """The study's figure -> path: each STUDY_PANELS metric against step, and AUC-mean against accuracy.
+
+    curves: {cell: {"variant", "seed", "curve": [{"step", "val/...": value}]}}. One line per variant (the seed
+    mean) with a band of ± one seed-SD; cells that have not evaluated the base start from the base point."""
+    by_variant: dict[str, list[dict]] = {}
+    for cell in curves.values():
+        curve = list(cell["curve"])
+        if base is not None and (not curve or curve[0]["step"] != 0):
+            curve = [dict(base)] + curve
+        by_variant.setdefault(cell["variant"], []).append({**cell, "curve": curve})
+    fig = Figure(figsize=(15, 8.5))
+    axes = fig.subplots(2, 3).ravel()
+    colors = {v: f"C{i}" for i, v in enumerate(by_variant)}
+    for ax, (key, title) in zip(axes, STUDY_PANELS):
+        for variant, cells in by_variant.items():
+            steps, mean, sd = _seed_band(cells, key)
+            ok = ~np.isnan(mean)
+            if not ok.any():
+                continue
+            ax.plot(steps[ok], mean[ok], "-o", ms=3, color=colors[variant], label=f"{variant} (n={len(cells)})")
+            ax.fill_between(steps[ok], (mean - sd)[ok], (mean + sd)[ok], color=colors[variant], alpha=0.15, lw=0)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    ax = axes[len(STUDY_PANELS)]
+    for variant, cells in by_variant.items():
+        _, acc, _ = _seed_band(cells, "val/accuracy")
+        _, auc, _ = _seed_band(cells, "val/auc_mean")
+        ok = ~(np.isnan(acc) | np.isnan(auc))
+        if ok.any():
+            ax.plot(acc[ok], auc[ok], "-o", ms=3, color=colors[variant], label=variant)
+            ax.plot(acc[ok][-1:], auc[ok][-1:], "s", ms=7, color=colors[variant])
+    ax.set_title("AUC-mean against accuracy (square: last evaluation)")
+    ax.set_xlabel("accuracy")
+    ax.set_ylabel("AUC-mean")
+    ax.grid(alpha=0.3)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

@@ -43,6 +43,22 @@ SFT_VERSION = 1  # bump when the recipe changes in a way the settings do not cap
 EVAL_SEED_OFFSET = 1_000_003  # held-out problems come from another seed than the training stream
 
 
+CONFIDENCE_MODES = ("random", "informative")
+# Opening phrasings: tokens that carry entropy but no information about correctness, so that a response's lpm is not
+# decided by its answer tokens alone.
+OPENERS = (
+    "Let's compute step by step.\n",
+    "We evaluate the expression one operation at a time.\n",
+    "First, work out each step.\n",
+    "Step by step:\n",
+    "Here is the calculation.\n",
+    "Let me solve this carefully.\n",
+    "Working it out:\n",
+    "The computation goes as follows.\n",
+)
+_LATER_FIELDS = {"trap_wrong_frac": 0.0, "confidence_mode": "random", "openers": 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class SFTSettings:
     """Everything that determines the tiny base (the cache key hashes all of it)."""
@@ -62,7 +78,12 @@ class SFTSettings:
     lr: float = 3e-3  # peak learning rate (linear warmup, cosine decay to 10%)
     seed: int = 0  # init seed
     template: str = "qwen-math"  # prompt style (capojax.data.templates)
-    confidence: bool = False  # append "CONFIDENCE: p" (random p) to the solutions, DCPO's output format
+    confidence: bool = False  # append "CONFIDENCE: p" to the solutions, DCPO's output format
+    # The knobs below make a base that is *confidently wrong* (the calibration study); at their defaults the base
+    # is the demo's, and they stay out of the cache key.
+    trap_wrong_frac: float = 0.0  # fraction of trap problems (a - (b ± c)) taught the fluent left-to-right slip
+    confidence_mode: str = "random"  # "random" p, or "informative": high after the right procedure, low after the slip
+    openers: int = 0  # opening phrasings drawn per solution (correctness-irrelevant tokens with entropy); 0 = none
     vocab_size: int = 384  # byte-level BPE vocabulary (256 bytes + 3 specials + 125 merges; a multiple of 64)
     eval_problems: int = 128  # held-out problems for the accuracy measurement
 
@@ -76,8 +97,20 @@ class SFTSettings:
             raise ValueError(f"unknown tiny_base settings {unknown}; known: {sorted(names)}")
         return cls(**d)
 
+    def __post_init__(self):
+        if not 0.0 <= self.trap_wrong_frac <= 1.0:
+            raise ValueError(f"trap_wrong_frac must be in [0, 1], got {self.trap_wrong_frac}")
+        if self.confidence_mode not in CONFIDENCE_MODES:
+            raise ValueError(f"confidence_mode must be one of {CONFIDENCE_MODES}, got {self.confidence_mode!r}")
+        if not 0 <= self.openers <= len(OPENERS):
+            raise ValueError(f"openers must be in 0..{len(OPENERS)}, got {self.openers}")
+
     def key(self) -> str:
-        blob = json.dumps({"version": SFT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        for name, default in _LATER_FIELDS.items():  # bases built before these knobs existed keep their folder
+            if fields[name] == default:
+                del fields[name]
+        blob = json.dumps({"version": SFT_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -98,6 +131,7 @@ def make_tokenizer(settings: SFTSettings, out_dir: str):
 
     extra = [templates.render_chatml(templates.build_messages("x", style=s)) for s in templates.PROMPT_STYLES]
     extra += ["The answer is \\boxed{5}.\nCONFIDENCE: 0.5"]
+    extra += list(OPENERS[: settings.openers])
     texts = synthetic.tokenizer_corpus(seed=settings.task_seed, settings=settings.task, extra_texts=extra * 1000)  # weight: the template wording merges first
     tok = synthetic.build_tokenizer(texts, vocab_size=settings.vocab_size)
     synthetic.save_tokenizer(tok, out_dir)
@@ -105,12 +139,25 @@ def make_tokenizer(settings: SFTSettings, out_dir: str):
 
 
 def response_text(p: synthetic.SyntheticProblem, settings: SFTSettings) -> str:
-    """The SFT target. With ``confidence``, a random stated confidence (one decimal, independent of
-    correctness) so the base has DCPO's format but no calibration — the RL stage has to learn that."""
-    if not settings.confidence:
-        return p.solution
+    """The SFT target: the worked solution, or for a share ``trap_wrong_frac`` of the trap problems the fluent
+    left-to-right slip (``synthetic.left_to_right_steps``), after an optional opener.
+
+    With ``confidence``, a stated confidence line follows. ``"random"``: one decimal in 0.1..0.9, independent of
+    correctness, so the base has DCPO's format but no calibration. ``"informative"``: 0.7..0.9 after the right
+    procedure and 0.3..0.5 after the slip, so the statement ranks answers from the start (as a real model's does)."""
     rng = np.random.default_rng(np.random.SeedSequence([settings.task_seed, int(p.id.rsplit("-", 1)[1]), 7]))
-    return p.solution + f"\nCONFIDENCE: {rng.integers(1, 10) / 10:.1f}"
+    draws = rng.random(3)  # one uniform per decision, always drawn, so each decision's stream is fixed
+    slip = settings.trap_wrong_frac > 0 and synthetic.is_trap(p) and draws[0] < settings.trap_wrong_frac
+    opener = OPENERS[int(draws[1] * settings.openers)] if settings.openers else ""
+    steps = synthetic.left_to_right_steps(p.problem) if slip else p.steps
+    text = synthetic.worked_solution(steps, opener=opener)
+    if not settings.confidence:
+        return text
+    if settings.confidence_mode == "random":
+        stated = rng.integers(1, 10) / 10
+    else:
+        stated = (0.3 if slip else 0.7) + 0.1 * int(draws[2] * 3)
+    return text + f"\nCONFIDENCE: {stated:.1f}"
 
 
 def encode_examples(problems: Sequence[synthetic.SyntheticProblem], tokenizer, settings: SFTSettings,

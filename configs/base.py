@@ -110,6 +110,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     r.max_new_tokens = 3072  # response length limit in tokens
     r.val_n = 16  # samples per prompt at validation
     r.val_temperature = 1.0  # sampling temperature at validation
+    r.val_seed = 0  # sampling key of every validation (fixed: the same model always gets the same score)
 
     config.reward = ml_collections.ConfigDict()
     config.reward.timeout = 5.0  # seconds per response for math-verify (a timeout counts as wrong and is logged)
@@ -157,6 +158,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.log = ml_collections.ConfigDict()
     config.log.every = 1  # write metrics every N steps
     config.log.val_every = 50  # validate every N steps (0 = never)
+    config.log.val_at_start = True  # also validate the starting model (step 0)
     config.log.num_text_samples = 2  # completions written as text per logged step
 
     config.dry_run = False  # build abstractly, compile, print the per-device memory plan and exit

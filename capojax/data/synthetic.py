@@ -123,8 +123,7 @@ def make_problem(index: int, *, seed: int = 0, settings: TaskSettings = TaskSett
         value = _apply(left, op, right)
         steps.append((left, op, right, value))
         prec = p
-    lines = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
-    solution = "\n".join(lines) + f"\nThe answer is \\boxed{{{value}}}."
+    solution = worked_solution(steps)
     return SyntheticProblem(
         id=f"synthetic-{seed}-{index}",
         problem=f"Compute {expr}.",
@@ -149,6 +148,43 @@ def evaluate_expression(problem_text: str) -> int:
     if set(expr) - set("0123456789 ()+-*"):
         raise ValueError(f"unexpected characters in {expr!r}")
     return int(eval(expr, {"__builtins__": {}}, {}))  # noqa: S307 - character set checked above
+
+
+# ----------------------------------------------------------------------------------------------------
+# A fluent wrong procedure (for bases that are confidently wrong)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _flat_tokens(problem_text: str) -> list[str]:
+    """The expression's numbers and operators in reading order, parentheses dropped."""
+    if not (problem_text.startswith("Compute ") and problem_text.endswith(".")):
+        raise ValueError(f"not a synthetic problem: {problem_text!r}")
+    return problem_text[len("Compute ") : -1].replace("(", " ").replace(")", " ").split()
+
+
+def left_to_right_steps(problem_text: str) -> tuple[tuple[int, str, int, int], ...]:
+    """The steps of the classic slip "ignore the parentheses, evaluate left to right".
+
+    ``Compute 7 - (2 + 3).`` -> ``((7, "-", 2, 5), (5, "+", 3, 8))``: every line is correct arithmetic, only the
+    order is wrong, so a model trained on it writes the wrong answer as fluently as the right one."""
+    toks = _flat_tokens(problem_text)
+    value, steps = int(toks[0]), []
+    for op, b in zip(toks[1::2], toks[2::2]):
+        result = _apply(value, op, int(b))
+        steps.append((value, op, int(b), result))
+        value = result
+    return tuple(steps)
+
+
+def is_trap(p: SyntheticProblem) -> bool:
+    """True when the left-to-right slip gives a different answer (with + and -: an ``a - (b ± c)``)."""
+    return left_to_right_steps(p.problem)[-1][3] != int(p.answer)
+
+
+def worked_solution(steps: Sequence[tuple[int, str, int, int]], *, opener: str = "") -> str:
+    """One line per step and the boxed last result, as ``make_problem`` writes the correct solution."""
+    lines = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+    return opener + "\n".join(lines) + f"\nThe answer is \\boxed{{{steps[-1][3]}}}."
 
 
 # ----------------------------------------------------------------------------------------------------

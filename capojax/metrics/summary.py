@@ -29,7 +29,8 @@ def calibration_summary(
 
     conf f32[B,N] in [0, 1] (NaN = no confidence, excluded), correct bool[B,N], mask bool[B,N] | None.
     Also reports `n` (samples that count) and `accuracy` over exactly those samples, so each view is
-    read against its own base rate.
+    read against its own base rate, and `n_mixed`: the prompts whose valid samples hold both classes, the ones
+    AUC-mean averages over (it shrinks as prompts become all-right or all-wrong, and AUC-mean gets noisier).
     """
     conf = np.asarray(conf, np.float32)
     correct = np.asarray(correct, bool)
@@ -41,6 +42,7 @@ def calibration_summary(
         "mean_confidence": float(conf[valid].mean()) if n else float("nan"),
         "auroc": float(calibration.auroc(conf, correct, valid)),
         "auc_mean": float(calibration.auc_mean(conf, correct, valid)),
+        "n_mixed": float(np.sum((correct & valid).any(axis=-1) & (~correct & valid).any(axis=-1))),
         "ece": float(calibration.ece(conf, correct, valid, n_bins=n_bins)),
         "pce": float(calibration.pce(conf, correct, valid, n_bins=n_bins)),
         "brier": float(calibration.brier(conf, correct, valid)),

@@ -227,9 +227,11 @@ class Trainer:
     def _put(self, x: np.ndarray) -> jax.Array:
         return jax.device_put(x, self.batch_sharding)
 
-    def sampling_params(self, step: int, *, n: int, temperature: float) -> SamplingParams:
+    def sampling_params(self, step: int, *, n: int, temperature: float, key: jax.Array | None = None) -> SamplingParams:
+        """The sampling settings of one engine call; its seed is drawn from `key` (default: the run's RNG) and `step`."""
         r = self.config.rollout
-        seed = int(jax.random.randint(jax.random.fold_in(self.rng, step), (), 0, 2**31 - 1))
+        key = self.rng if key is None else key
+        seed = int(jax.random.randint(jax.random.fold_in(key, step), (), 0, 2**31 - 1))
         return SamplingParams(
             n=n, max_new_tokens=int(r.max_new_tokens), temperature=temperature, top_p=float(r.top_p),
             top_k=int(r.top_k), stop_token_ids=tuple(self.special.eos_ids), seed=seed,
@@ -406,18 +408,24 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ validation
 
     def validate(self) -> dict[str, float]:
-        """Samples `rollout.val_n` completions per held-out prompt; accuracy and calibration of exp(lpm)."""
+        """Samples `rollout.val_n` completions per held-out prompt; accuracy and calibration of exp(lpm) (and of the
+        stated confidence when there is one), token entropy and the mean lpm of correct and of wrong samples.
+
+        The sampling key comes from `rollout.val_seed`, not from the run's RNG: every evaluation of every run with
+        the same held-out set draws the same uniforms, so two checkpoints (or two training seeds) are compared on
+        common random numbers and the same model always gets the same score."""
         config = self.config
         val = self.data.val
         if not val:
             return {}
         n = int(config.rollout.val_n)
         chunk = int(config.train.prompts_per_step)
-        correct_all, lpm_all, conf_all = [], [], []
+        val_key = jax.random.key(int(config.rollout.val_seed))
+        correct_all, lpm_all, conf_all, entropy_sum, token_count = [], [], [], 0.0, 0
         start = time.perf_counter()
         for first in range(0, len(val), chunk):
             part = pipeline.to_batch(val[first : first + chunk])
-            params = self.sampling_params(10**6 + first, n=n, temperature=float(config.rollout.val_temperature))
+            params = self.sampling_params(first, n=n, temperature=float(config.rollout.val_temperature), key=val_key)
             rollout = self.engine.generate(part.prompt_ids, params)
             scores = score_rollout(
                 rollout, part.answers, self.tokenizer, timeout=float(config.reward.timeout),
@@ -425,17 +433,22 @@ class Trainer:
             )
             # Teacher-forced at temperature 1: the policy's own likelihood, whatever the sampling settings.
             seq = batch_lib.assemble(part.prompt_ids, rollout, pad_id=self.special.pad_id)
-            logp, _ = self.val_logprob_fn(
+            logp, entropy = self.val_logprob_fn(
                 self.params, *(self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions")),
                 prompt_len=seq.prompt_len,
             )
             lpm = to_host(objectives.lpm(logp, self._put(seq.response_mask)))
+            entropy_sum += float(to_host(entropy)[seq.response_mask].sum())
+            token_count += int(seq.response_mask.sum())
             correct_all.append(scores.correct.reshape(len(part), n))
             lpm_all.append(lpm.reshape(len(part), n))
             conf_all.append(scores.confidence.reshape(len(part), n))
         correct = np.concatenate(correct_all)
         lpm = np.concatenate(lpm_all)
         out = {f"val/{k}": v for k, v in metrics_lib.calibration_summary(np.exp(lpm), correct).items()}
+        out["val/entropy"] = entropy_sum / max(token_count, 1)
+        out["val/lpm/correct"] = _masked_mean(lpm, correct)
+        out["val/lpm/wrong"] = _masked_mean(lpm, ~correct)
         stated = np.concatenate(conf_all)
         if np.isfinite(stated).any():
             out.update({f"val/stated/{k}": v for k, v in metrics_lib.calibration_summary(stated, correct).items()})
@@ -460,7 +473,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc=f"{config.algo.name}", unit="step",
                    disable=jax.process_index() != 0, dynamic_ncols=True)
         try:
-            if self.step == 0 and config.log.val_every:
+            if self.step == 0 and config.log.val_every and config.log.val_at_start:
                 self.logger.scalars(0, self.validate())
             while self.step < total:
                 result = self.train_step()
