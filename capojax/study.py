@@ -60,6 +60,7 @@ SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
     ("val/entropy", "entropy"),
     ("val/lpm/correct", "lpm correct"),
     ("val/lpm/wrong", "lpm wrong"),
+    ("val/lpm/group_sd", "in-group lpm SD"),
 )
 
 

@@ -449,6 +449,7 @@ class Trainer:
         out["val/entropy"] = entropy_sum / max(token_count, 1)
         out["val/lpm/correct"] = _masked_mean(lpm, correct)
         out["val/lpm/wrong"] = _masked_mean(lpm, ~correct)
+        out["val/lpm/group_sd"] = float(np.mean(lpm.std(axis=1, ddof=1))) if n > 1 else float("nan")  # CAPO's tau scale
         stated = np.concatenate(conf_all)
         if np.isfinite(stated).any():
             out.update({f"val/stated/{k}": v for k, v in metrics_lib.calibration_summary(stated, correct).items()})
