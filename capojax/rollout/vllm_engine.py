@@ -36,13 +36,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from capojax.errors import UserError
 from capojax.rollout.base import Rollout, SamplingParams, check_prompts
 from capojax.rollout.vllm_server import VLLMServer, VLLMServerError
 from capojax.rollout.weight_sync import FileTransport, WeightSync, WeightTransport
 
-__all__ = ["VLLMClient", "VLLMRequestError", "VLLMRolloutEngine", "VLLMServerError", "prompt_seed"]
+__all__ = ["VLLMClient", "VLLMRequestError", "VLLMRolloutEngine", "VLLMUnreachableError", "VLLMServerError", "prompt_seed"]
 
 _RETRY_STATUS = (500, 502, 503, 504)
+
+
+class VLLMUnreachableError(UserError, VLLMServerError):
+    """No vLLM server answers at the configured URL when the run starts."""
 
 
 class VLLMRequestError(ValueError):
@@ -302,7 +307,7 @@ class VLLMRolloutEngine:
                 enforce_eager=bool(get("vllm_enforce_eager", False)), seed=int(config.train.seed)))
             url = server.url
         elif not VLLMClient(url).health(timeout=30.0):
-            raise VLLMServerError(
+            raise VLLMUnreachableError(
                 f"no vLLM server answers at rollout.vllm_url={url}. Start one on the actor's checkpoint with "
                 f"`python scripts/serve_vllm.py --model {checkpoint_dir} --port <port>`, or set "
                 "--config.rollout.vllm_launch=True to let the trainer start it")
