@@ -138,7 +138,7 @@ def _make_configured_mesh(mesh_cfg):
         return make_mesh(int(mesh_cfg.fsdp), int(mesh_cfg.tp))
     except ValueError as e:
         raise ConfigError(f"config.mesh.fsdp={mesh_cfg.fsdp}, config.mesh.tp={mesh_cfg.tp} is impossible here: {e}; "
-                          f"choose fsdp x tp = {jax.device_count()} (fsdp=-1 takes all devices / tp)") from e
+                          f"choose fsdp x tp <= {jax.device_count()} (fsdp=-1 takes all devices / tp)") from e
 
 
 class Trainer:
