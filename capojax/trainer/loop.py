@@ -157,6 +157,10 @@ class Trainer:
         self.mesh = _make_configured_mesh(config.mesh)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
         self.model_path = ckpt_lib.resolve_model_path(config.model)
+        if config.rollout.engine == "vllm" and config.rollout.vllm_url and not config.rollout.vllm_launch:
+            from capojax.rollout.vllm_engine import require_server
+
+            require_server(str(config.rollout.vllm_url), self.model_path)  # before anything is written
         self.tokenizer = load_tokenizer(config.model.tokenizer_path or self.model_path)
         self.special = special_token_ids(self.tokenizer, self.model_path)
 
@@ -251,7 +255,7 @@ class Trainer:
         self.params, self.opt_state = restored.params, restored.opt_state
         self.rng = jax.random.wrap_key_data(jnp.asarray(restored.rng, jnp.uint32))
         self.iterator.set_state(restored.data_state)
-        self.step = restored.step
+        self.step = self._saved_step = restored.step
         self.logger.truncate_after(self.step)
         log.info("resumed from %s at step %d", self.checkpointer.directory, self.step)
 

@@ -39,6 +39,8 @@ def tiny_config(model_path, **overrides):
     ({"algo__name": "capo2"}, "unknown algorithm 'capo2'"),
     ({"train__ppo_mini_batch": 3}, "is not a multiple of config.train.ppo_mini_batch=3"),
     ({"data__source": "/nonexistent/train.jsonl"}, "/nonexistent/train.jsonl"),
+    ({"rollout__engine": "vllm", "rollout__vllm_url": "http://127.0.0.1:1"}, "no vLLM server answers at rollout"),
+    ({"rollout__engine": "vllm", "rollout__vllm_url": "127.0.0.1:8000"}, "config.rollout.vllm_url: base_url must"),
 ])
 def test_start_up_mistake_is_a_one_line_user_error_and_writes_nothing(overrides, expected, tiny_base, tmp_path):
     workdir = tmp_path / "run"
