@@ -6,7 +6,9 @@
                 save(); raise StoppedBySignal(...)
 
 The handlers only record the signal; the loop decides where to stop (between steps, or right after the rollout,
-abandoning it), so the checkpoint always holds a completed step. A second SIGINT exits at once (exit code 130,
+abandoning it), so the checkpoint always holds a completed step. "Abandoning" means the rollout's result is
+dropped instead of graded and trained on; the generate call in flight is not cut short (the JAX sampler is one
+compiled call), so a signal mid-rollout costs the rest of that rollout before the save. A second SIGINT exits at once (exit code 130,
 no checkpoint), for when the user does not want to wait. A second SIGTERM is ignored: the run is already stopping.
 
 Multi-host: a signal may reach one process only (or the processes at different times), so the decision to stop
