@@ -41,7 +41,8 @@ from capojax.rollout.base import Rollout, SamplingParams, check_prompts
 from capojax.rollout.vllm_server import VLLMServer, VLLMServerError
 from capojax.rollout.weight_sync import FileTransport, WeightSync, WeightTransport
 
-__all__ = ["VLLMClient", "VLLMRequestError", "VLLMRolloutEngine", "VLLMUnreachableError", "VLLMServerError", "prompt_seed"]
+__all__ = ["VLLMClient", "VLLMRequestError", "VLLMRolloutEngine", "VLLMServerError", "VLLMUnreachableError",
+           "prompt_seed", "require_server"]
 
 _RETRY_STATUS = (500, 502, 503, 504)
 
