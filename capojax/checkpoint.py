@@ -14,7 +14,10 @@ kill is never listed, never restored, and is cleaned up on the next start.
 
 Config fingerprint: a hash of the config without the fields that may change across a resume (``train.steps``,
 ``checkpoint.*``, ``log.*``, ``dry_run``, ``rollout.vllm_url``); restoring a workdir made with another config
-raises ``ConfigMismatchError`` naming the differing keys unless ``checkpoint.force_resume`` is set.
+raises ``ConfigMismatchError`` naming the differing keys unless ``checkpoint.force_resume`` is set. A workdir with
+a ``config.json`` but no finalized checkpoint (a start that failed or stopped before its first save) is not a
+resume target: it is taken over, with a note. ``check_workdir`` does that check without writing anything, so a
+run can refuse a foreign workdir before it loads a model; the ``Checkpointer`` repeats it and then writes.
 
 Also here: ``resolve_model_path(model_cfg)``, which turns ``config.model`` into a checkpoint folder (building the
 tiny SFT base on demand, or explaining where to get a paper model).
@@ -27,12 +30,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from capojax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = ("train.steps", "checkpoint.", "log.", "dry_run", "rollout.vllm_url")
 
 
-class ConfigMismatchError(RuntimeError):
-    """The workdir was made with a different config."""
+class ConfigMismatchError(UserError, RuntimeError):
+    """The workdir holds checkpoints of a run with a different config."""
 
 
 def _to_dict(config) -> dict:
@@ -120,9 +124,11 @@ class Checkpointer:
         keep = int(keep if keep is not None else ck.get("keep", 3))
         force = bool(force if force is not None else ck.get("force_resume", False))
         self.fingerprint = config_fingerprint(self.config_dict)
-        os.makedirs(self.workdir, exist_ok=True)
-        self._check_config(force)
         self.directory = os.path.join(self.workdir, "checkpoints")
+        self._closed = False
+        previous = check_workdir(self.workdir, self.config_dict, force=force)
+        os.makedirs(self.workdir, exist_ok=True)
+        self._write_config(previous)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -135,28 +141,17 @@ class Checkpointer:
 
     # -- config guard ------------------------------------------------------------------------------
 
-    def _check_config(self, force: bool) -> None:
+    def _write_config(self, previous: str | None) -> None:
+        if jax.process_index() != 0:
+            return
         path = os.path.join(self.workdir, "config.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            diff = config_diff(saved, self.config_dict)
-            if diff:
-                lines = "\n".join(f"  {k}: {a!r} (workdir) -> {b!r} (now)" for k, a, b in
-                                  ((k, *v) for k, v in list(diff.items())[:20]))
-                if not force:
-                    raise ConfigMismatchError(
-                        f"workdir {self.workdir} was made with a different config:\n{lines}\n"
-                        "Use a new --workdir, run with the workdir's config, or pass "
-                        "--config.checkpoint.force_resume=True to resume anyway."
-                    )
-                log.warning("resuming %s with a different config (force_resume):\n%s", self.workdir, lines)
-                shutil.copy(path, path + ".prev")
-        if jax.process_index() == 0:
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.config_dict, f, indent=1, sort_keys=True, default=str)
-            os.replace(tmp, path)  # atomic: a kill never leaves a half-written config.json
+        if previous is not None:
+            with open(path + ".prev", "w") as f:
+                f.write(previous)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.config_dict, f, indent=1, sort_keys=True, default=str)
+        os.replace(tmp, path)  # atomic: a kill never leaves a half-written config.json
 
     # -- save / restore ----------------------------------------------------------------------------
 
@@ -212,8 +207,47 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the async write to finish; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def finalized_steps(workdir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints under WORKDIR/checkpoints (half-written saves are not listed)."""
+    directory = os.path.join(os.fspath(workdir), "checkpoints")
+    return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
+def check_workdir(workdir: str | os.PathLike, config, *, force: bool = False) -> str | None:
+    """Refuses (``ConfigMismatchError``) a workdir whose checkpoints were made with a different config, unless
+    ``force``; writes nothing. A differing ``config.json`` without a finalized checkpoint is taken over with a note.
+    Returns the text of a differing config.json that the run will replace (kept as config.json.prev), else None."""
+    workdir = os.path.abspath(os.fspath(workdir))
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    diff = config_diff(json.loads(text), _to_dict(config))
+    if not diff:
+        return None
+    changes = "; ".join(f"{k}: {a!r} (workdir) -> {b!r} (now)" for k, (a, b) in list(diff.items())[:20])
+    steps = finalized_steps(workdir)
+    if not steps:
+        log.warning("workdir %s has a config.json of another config but no complete checkpoint (a start that "
+                    "failed or stopped before its first save): taking it over (%s)", workdir, changes)
+        return text
+    if not force:
+        raise ConfigMismatchError(
+            f"workdir {workdir} has checkpoints (up to step {steps[-1]}) of a different config: {changes}. "
+            "Use a new --workdir, run with the workdir's config, or pass --config.checkpoint.force_resume=True "
+            "to resume anyway."
+        )
+    log.warning("resuming %s with a different config (force_resume): %s", workdir, changes)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,8 +255,8 @@ class Checkpointer:
 # ----------------------------------------------------------------------------------------------------
 
 
-class ModelNotFoundError(FileNotFoundError):
-    pass
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """config.model.path is unset or not an HF checkpoint folder."""
 
 
 def resolve_model_path(model_cfg) -> str:
@@ -237,13 +271,14 @@ def resolve_model_path(model_cfg) -> str:
 
         settings = sft.SFTSettings.from_config(model_cfg.tiny_base)
         return sft.ensure_tiny_base(os.path.expanduser(str(model_cfg.cache_dir)), settings)
-    name = str(getattr(model_cfg, "hf_name", "") or "<hub name of the model>")
+    name = str(getattr(model_cfg, "hf_name", "") or "")
     how = (
         f"Download it with `huggingface-cli download {name} --local-dir /models/{name.split('/')[-1]}` "
         f"(https://huggingface.co/{name}) and pass --config.model.path=/models/{name.split('/')[-1]}."
+        if name else "Pass --config.model.path=<an HF checkpoint folder>, or tiny for the built-in tiny base."
     )
     if not path:
-        raise ModelNotFoundError(f"config.model.path is not set: this config trains {name}. {how}")
+        raise ModelNotFoundError(f"config.model.path is not set: this config trains {name or 'an HF model'}. {how}")
     path = os.path.expanduser(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelNotFoundError(f"config.model.path={path!r} has no config.json (not an HF checkpoint folder). {how}")

@@ -36,6 +36,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from capojax import cli
+
 logger = logging.getLogger("capojax.evaluate")
 
 __all__ = ["BenchmarkResult", "evaluate", "evaluate_problems", "completion_lpm", "write_outputs", "main"]
@@ -538,7 +540,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = cli.one_line_errors(_parser())  # a usage mistake is one line `error: ...` (see capojax.cli)
     args = parser.parse_args(argv)
     benchmarks = _check_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -591,4 +593,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_argparse(main)

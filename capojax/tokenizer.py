@@ -16,9 +16,15 @@ import pathlib
 
 from transformers import PreTrainedTokenizerFast
 
+from capojax.errors import UserError
+
 # Qwen2/2.5/3 special tokens, used only when the folder does not say which tokens pad and end a sequence.
 _QWEN_PAD = "<|endoftext|>"
 _QWEN_EOS = ("<|im_end|>", "<|endoftext|>")
+
+
+class TokenizerNotFoundError(UserError, FileNotFoundError):
+    """The tokenizer folder or its tokenizer.json does not exist."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +51,11 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     """
     folder, tok_file = _folder_and_file(path)
     if not folder.exists():
-        raise FileNotFoundError(f"tokenizer path {folder} does not exist; pass an HF checkpoint folder "
+        raise TokenizerNotFoundError(f"tokenizer path {folder} does not exist; pass an HF checkpoint folder "
                                 "that contains tokenizer.json")
     if not tok_file.is_file():
         present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise FileNotFoundError(
+        raise TokenizerNotFoundError(
             f"no tokenizer.json in {folder} (found: {present}); capojax needs the fast-tokenizer file. "
             "Copy tokenizer.json (and tokenizer_config.json) from the original Hugging Face checkpoint "
             "into this folder, or point the config at a folder that has it.")

@@ -3,6 +3,11 @@
 Trains with the algorithm named by `config.algo.name` (grpo | drgrpo | gspo | capo | dcpo). Rerunning the same
 command on the same workdir resumes from its latest checkpoint. `--config.dry_run=True` prints the per-device
 memory plan of the configured model and mesh without loading weights.
+
+A user mistake (unset model path, misspelt key, wrong value, foreign workdir, impossible mesh, unreachable vLLM
+URL) prints one line `error: ...` and exits with 2; `--verbose` or CAPOJAX_DEBUG=1 shows the traceback. SIGTERM or
+SIGINT saves a checkpoint of the last completed step and exits with 75 (rerun the same command to resume); a
+second Ctrl-C exits at once with 130. See `capojax.errors` for the exit codes.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import os
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from capojax import cli, errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/NAME.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, tensorboard). "
@@ -39,10 +46,10 @@ def _maybe_init_distributed() -> None:
 
 def main(argv) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.KEY=VALUE")
+        raise errors.UserError(f"unexpected arguments {argv[1:]}; settings go through --config.KEY=VALUE")
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("--config=configs/NAME.py is required (see configs/ for the available files)")
+        raise errors.UserError("--config=configs/NAME.py is required (see configs/ for the available files)")
     # Libraries (orbax, jax) log every checkpoint at INFO; keep their warnings and our own progress.
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("capojax").setLevel(logging.INFO)
@@ -73,4 +80,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -69,3 +69,15 @@ def test_missing_paper_checkpoint_says_where_to_get_it(tmp_path):
     proc = run_cli("capo_1p5b", tmp_path, check=False)
     assert proc.returncode != 0
     assert "Qwen/Qwen2.5-Math-1.5B" in proc.stderr and "--config.model.path" in proc.stderr
+
+
+@pytest.mark.slow
+def test_corrected_command_starts_on_the_workdir_of_a_failed_start(tiny_base, tmp_path):
+    args = [*FAST, "--config.train.steps=1", "--config.log.val_every=0", "--config.checkpoint.export_hf=False"]
+    good = f"--config.model.path={tiny_base}"
+    for mistake in (["--config.model.path=/nonexistent"], [good, "--config.mesh.fsdp=16"], [good, "--config.algo.tua=1"]):
+        failed = run_cli("tiny_grpo", tmp_path, *args, *mistake, check=False)
+        assert failed.returncode == 2, failed.stderr[-3000:]
+        assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing left behind
+    run_cli("tiny_grpo", tmp_path, *args, good)  # before: refused as a "different config" workdir
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]

@@ -38,6 +38,7 @@ import grain
 import numpy as np
 
 from capojax.data.templates import render_prompt
+from capojax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class PromptData:
     stats: dict[str, Any]  # counts of every filter, the seeds, and the source; written to the workdir
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data source cannot produce a usable prompt set; the message says what to fix."""
 
 

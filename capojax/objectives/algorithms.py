@@ -10,6 +10,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from capojax.errors import ConfigError
+
 from capojax.objectives.advantages import (ADVANTAGE_ESTIMATORS, AdvantageInputs, compute_advantages,
                                            estimator_reads_reference)
 from capojax.objectives.losses import entropy_bonus, kl_penalty, policy_loss
@@ -182,7 +184,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
 
 def get_algorithm(name: str) -> AlgorithmSpec:
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.")
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}.")
     return ALGORITHMS[name]
 
 

@@ -8,12 +8,17 @@ the pool or died).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from multiprocessing.connection import Connection
 
 
 def main(argv: list[str]) -> int:
     task_fd, result_fd, memory_mb = int(argv[0]), int(argv[1]), int(argv[2])
+    # Ctrl-C (and a scheduler's SIGTERM) reach the whole process group; the trainer finishes its step, grading
+    # included, before it stops, and a worker ends when the trainer closes its pipe (EOF), even on kill -9.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     if memory_mb > 0:
         import resource
 

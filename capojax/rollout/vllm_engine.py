@@ -36,13 +36,32 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from capojax.errors import ConfigError, UserError
 from capojax.rollout.base import Rollout, SamplingParams, check_prompts
 from capojax.rollout.vllm_server import VLLMServer, VLLMServerError
 from capojax.rollout.weight_sync import FileTransport, WeightSync, WeightTransport
 
-__all__ = ["VLLMClient", "VLLMRequestError", "VLLMRolloutEngine", "VLLMServerError", "prompt_seed"]
+__all__ = ["VLLMClient", "VLLMRequestError", "VLLMRolloutEngine", "VLLMServerError", "VLLMUnreachableError",
+           "prompt_seed", "require_server"]
 
 _RETRY_STATUS = (500, 502, 503, 504)
+
+
+class VLLMUnreachableError(UserError, VLLMServerError):
+    """No vLLM server answers at the configured URL when the run starts."""
+
+
+def require_server(url: str, checkpoint_dir: str = "<checkpoint>", *, timeout: float = 30.0) -> None:
+    """Raises `VLLMUnreachableError` unless a vLLM server answers GET /health at `url` within `timeout` s."""
+    try:
+        client = VLLMClient(url)
+    except ValueError as e:
+        raise ConfigError(f"config.rollout.vllm_url: {e}") from e
+    if not client.health(timeout=timeout):
+        raise VLLMUnreachableError(
+            f"no vLLM server answers at rollout.vllm_url={url}. Start one on the actor's checkpoint with "
+            f"`python scripts/serve_vllm.py --model {checkpoint_dir} --port <port>`, or set "
+            "--config.rollout.vllm_launch=True to let the trainer start it")
 
 
 class VLLMRequestError(ValueError):
@@ -301,11 +320,8 @@ class VLLMRolloutEngine:
                 cpu_kvcache_gb=int(get("vllm_cpu_kvcache_gb", 2)),
                 enforce_eager=bool(get("vllm_enforce_eager", False)), seed=int(config.train.seed)))
             url = server.url
-        elif not VLLMClient(url).health(timeout=30.0):
-            raise VLLMServerError(
-                f"no vLLM server answers at rollout.vllm_url={url}. Start one on the actor's checkpoint with "
-                f"`python scripts/serve_vllm.py --model {checkpoint_dir} --port <port>`, or set "
-                "--config.rollout.vllm_launch=True to let the trainer start it")
+        else:
+            require_server(url, checkpoint_dir)
         transport_dir = str(get("vllm_sync_dir", "")) or None
         engine = cls(url, pad_id=pad_id, eos_ids=eos_ids, server=server, own_server=server is not None,
                      template=model, logp_gap_tolerance=float(get("vllm_logp_tol", 2e-3)),

@@ -1,8 +1,10 @@
 """Fault injection for the crash-and-resume tests: `CAPOJAX_FAULTS="kill@rollout:3,nan@advantages:2"` makes
 the trainer SIGKILL itself when it reaches the named phase of the named step, or poison that phase's output
-with NaN. Unset (the normal case) it costs one dict lookup per phase.
+with NaN; `term@rollout:3` / `int@update:5` send it SIGTERM / SIGINT there (a preemption, a Ctrl-C). Unset (the
+normal case) it costs one set lookup per phase.
 
-Phases: rollout (after sampling), checkpoint (while an async save is being written), advantages.
+Phases: rollout (after sampling, before the loop looks at the result), update (after the first PPO mini-batch
+update), checkpoint (while an async save is being written), advantages (nan only).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import signal
 
 ENV = "CAPOJAX_FAULTS"
+SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
 
 
 def _parse(spec: str) -> set[tuple[str, str, int]]:
@@ -22,8 +25,8 @@ def _parse(spec: str) -> set[tuple[str, str, int]]:
             faults.add((kind, phase, int(step)))
         except ValueError:
             raise ValueError(f"{ENV}: cannot parse {item!r}; expected KIND@PHASE:STEP, e.g. kill@rollout:3") from None
-        if kind not in ("kill", "nan"):
-            raise ValueError(f"{ENV}: unknown fault kind {kind!r} in {item!r}; use kill or nan")
+        if kind not in ("nan", *SIGNALS):
+            raise ValueError(f"{ENV}: unknown fault kind {kind!r} in {item!r}; use one of nan, {', '.join(SIGNALS)}")
     return faults
 
 
@@ -34,6 +37,8 @@ def should(kind: str, phase: str, step: int) -> bool:
     return (kind, phase, step) in _FAULTS
 
 
-def maybe_kill(phase: str, step: int) -> None:
-    if should("kill", phase, step):
-        os.kill(os.getpid(), signal.SIGKILL)
+def maybe_signal(phase: str, step: int) -> None:
+    """Sends this process the signal a `kill|term|int@phase:step` fault names, if any."""
+    for kind, sig in SIGNALS.items():
+        if should(kind, phase, step):
+            os.kill(os.getpid(), sig)

@@ -3,6 +3,12 @@ updates -> metrics -> checkpoint -> weight sync (see DESIGN.md). Every phase is 
 
 The algorithm is data: `config.algo.name` picks an `AlgorithmSpec` from `capojax.objectives.ALGORITHMS`, whose
 advantage estimator and objective this loop calls without ever branching on the name.
+
+Start-up writes nothing to the workdir until the config is validated, the workdir checked, the model and
+tokenizer loaded and the data built; the resources opened after that (checkpointer, logger, rollout engine) are
+closed again if a later part of `Trainer.__init__` fails. SIGTERM / SIGINT stop the run at the next step boundary
+(or right after the rollout, abandoning it) with a checkpoint of the last completed step; see
+`capojax.trainer.preemption`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from capojax import checkpoint as ckpt_lib
 from capojax import metrics as metrics_lib
 from capojax import objectives
 from capojax.data import pipeline
+from capojax.errors import ConfigError, StoppedBySignal
 from capojax.models import load_pretrained, save_pretrained
 from capojax.rollout.base import RolloutEngine, SamplingParams
 from capojax.sharding import make_mesh, to_host
@@ -36,12 +43,14 @@ from capojax.trainer import faults
 from capojax.trainer.logger import MetricsLogger
 from capojax.trainer.logprobs import make_logprob_fn
 from capojax.trainer.optim import build_optimizer
+from capojax.trainer.preemption import StopSignals
 from capojax.trainer.scoring import score_rollout
 from capojax.trainer.update import make_update_fn
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ROLLOUT_ENGINES = ("jax", "vllm")
 
 
 def algo_overrides(defaults, algo_cfg, renames: dict[str, str] | None = None) -> dict[str, Any]:
@@ -62,7 +71,7 @@ class TrainingError(RuntimeError):
 
 def _dtype(name: str, key: str):
     if name not in DTYPES:
-        raise ValueError(f"config.{key}={name!r} is not a dtype; use one of {sorted(DTYPES)}")
+        raise ConfigError(f"config.{key}={name!r} is not a dtype; use one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 
@@ -70,20 +79,22 @@ def validate_config(config) -> None:
     """Catches inconsistent sizes before anything expensive happens."""
     t, r = config.train, config.rollout
     if t.prompts_per_step <= 0 or t.ppo_mini_batch <= 0:
-        raise ValueError("config.train.prompts_per_step and config.train.ppo_mini_batch must be positive")
+        raise ConfigError("config.train.prompts_per_step and config.train.ppo_mini_batch must be positive")
     if t.prompts_per_step % t.ppo_mini_batch:
-        raise ValueError(
+        raise ConfigError(
             f"config.train.prompts_per_step={t.prompts_per_step} is not a multiple of "
             f"config.train.ppo_mini_batch={t.ppo_mini_batch}; each rollout batch must split into whole mini-batches"
         )
     rows = t.ppo_mini_batch * r.n
     if t.micro_batch and rows % t.micro_batch:
-        raise ValueError(
+        raise ConfigError(
             f"config.train.micro_batch={t.micro_batch} does not divide a mini-batch of {rows} rows "
             f"(ppo_mini_batch x rollout.n); pick a divisor"
         )
     if t.steps <= 0:
-        raise ValueError(f"config.train.steps must be positive, got {t.steps}")
+        raise ConfigError(f"config.train.steps must be positive, got {t.steps}")
+    if r.engine not in ROLLOUT_ENGINES:
+        raise ConfigError(f"config.rollout.engine={r.engine!r} is not one of {', '.join(ROLLOUT_ENGINES)}")
 
 
 def _timer(timings: dict[str, float], name: str):
@@ -113,7 +124,7 @@ def make_rollout_engine(config, model, special, *, mesh, checkpoint_dir: str) ->
 
         return VLLMRolloutEngine.from_config(config, model=model, checkpoint_dir=checkpoint_dir, eos_ids=special.eos_ids,
                                              pad_id=special.pad_id)
-    raise ValueError(f"config.rollout.engine={engine!r} is not one of 'jax', 'vllm'")
+    raise ConfigError(f"config.rollout.engine={engine!r} is not one of 'jax', 'vllm'")
 
 
 @dataclasses.dataclass
@@ -122,20 +133,34 @@ class StepResult:
     samples: list[dict[str, Any]]
 
 
+def _make_configured_mesh(mesh_cfg):
+    try:
+        return make_mesh(int(mesh_cfg.fsdp), int(mesh_cfg.tp))
+    except ValueError as e:
+        raise ConfigError(f"config.mesh.fsdp={mesh_cfg.fsdp}, config.mesh.tp={mesh_cfg.tp} is impossible here: {e}; "
+                          f"choose fsdp x tp <= {jax.device_count()} (fsdp=-1 takes all devices / tp)") from e
+
+
 class Trainer:
     """Owns the actor, the reference, the optimizer state, the data iterator and the rollout engine."""
 
     def __init__(self, config, workdir: str):
+        # Everything up to the data pipeline only reads: a failed start leaves the workdir as it was (or absent).
         validate_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.spec = objectives.get_algorithm(config.algo.name)
         t = config.train
+        # Refuse a foreign workdir before the (slow) model load; the Checkpointer repeats the check and writes.
+        ckpt_lib.check_workdir(self.workdir, config, force=bool(config.checkpoint.force_resume))
 
-        self.mesh = make_mesh(int(config.mesh.fsdp), int(config.mesh.tp))
+        self.mesh = _make_configured_mesh(config.mesh)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
-        self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config=config)
         self.model_path = ckpt_lib.resolve_model_path(config.model)
+        if config.rollout.engine == "vllm" and config.rollout.vllm_url and not config.rollout.vllm_launch:
+            from capojax.rollout.vllm_engine import require_server
+
+            require_server(str(config.rollout.vllm_url), self.model_path)  # before anything is written
         self.tokenizer = load_tokenizer(config.model.tokenizer_path or self.model_path)
         self.special = special_token_ids(self.tokenizer, self.model_path)
 
@@ -154,8 +179,6 @@ class Trainer:
             self.ref_graphdef, self.ref_params = nnx.split(ref)
 
         self.data = pipeline.build_prompt_data(config.data, self.tokenizer)
-        if jax.process_index() == 0:
-            pipeline.write_manifest(self.data, os.path.join(self.workdir, "data_manifest.json"))
         # Every process reads the same global batch rather than a 1/num_processes shard: the rollout and the
         # updates are SPMD programs over the global mesh whose host inputs must agree, and prompts are a few KB.
         self.iterator = pipeline.make_iterator(
@@ -188,12 +211,24 @@ class Trainer:
         self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk)
         self.advantage_fn = jax.jit(functools.partial(self.spec.advantages, **self._adv_overrides))
 
-        self.logger = MetricsLogger(self.workdir)
-        self._restore_if_any()
-        self.engine = make_rollout_engine(
-            config, nnx.merge(self.graphdef, self.params), self.special, mesh=self.mesh, checkpoint_dir=self.model_path
-        )
         self._bad_in_a_row = 0
+        self._saved_step: int | None = None
+
+        # From here on the run writes to the workdir and holds resources; a failure closes what was opened.
+        with contextlib.ExitStack() as opened:
+            self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config=config)
+            opened.callback(self.checkpointer.close)
+            self.logger = MetricsLogger(self.workdir)
+            opened.callback(self.logger.close)
+            if jax.process_index() == 0:
+                pipeline.write_manifest(self.data, os.path.join(self.workdir, "data_manifest.json"))
+            self._restore_if_any()
+            self.engine = make_rollout_engine(
+                config, nnx.merge(self.graphdef, self.params), self.special, mesh=self.mesh,
+                checkpoint_dir=self.model_path,
+            )
+            opened.callback(self.engine.close)
+            self._resources = opened.pop_all()
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -213,12 +248,14 @@ class Trainer:
     def _restore_if_any(self) -> None:
         latest = self.checkpointer.latest_step()
         if latest is None:
+            # A fresh start, possibly over the leftovers of a start that never saved: those rows are not this run's.
+            self.logger.truncate_after(-1)
             return
         restored = self.checkpointer.restore(params=self.params, opt_state=self.opt_state)
         self.params, self.opt_state = restored.params, restored.opt_state
         self.rng = jax.random.wrap_key_data(jnp.asarray(restored.rng, jnp.uint32))
         self.iterator.set_state(restored.data_state)
-        self.step = restored.step
+        self.step = self._saved_step = restored.step
         self.logger.truncate_after(self.step)
         log.info("resumed from %s at step %d", self.checkpointer.directory, self.step)
 
@@ -237,11 +274,14 @@ class Trainer:
             top_k=int(r.top_k), stop_token_ids=tuple(self.special.eos_ids), seed=seed,
         )
 
-    def train_step(self) -> StepResult:
+    def train_step(self, stop: StopSignals | None = None) -> StepResult | None:
+        """One RL step. Returns None, with the step undone (data iterator rewound), when `stop` agrees right after
+        the rollout that the run must stop: the rollout is abandoned rather than graded and trained on."""
         config, t = self.config, self.config.train
         step = self.step + 1
         timings: dict[str, float] = {}
         start = time.perf_counter()
+        data_state = self.iterator.get_state()
         prompts = next(self.iterator)
         G = int(config.rollout.n)
         B = len(prompts)
@@ -250,7 +290,10 @@ class Trainer:
             rollout = self.engine.generate(
                 prompts.prompt_ids, self.sampling_params(step, n=G, temperature=float(config.rollout.temperature))
             )
-        faults.maybe_kill("rollout", step)
+        faults.maybe_signal("rollout", step)
+        if stop is not None and stop.agreed():
+            self.iterator.set_state(data_state)  # the resumed run redoes this step from its first prompt
+            return None
         seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
         T = seq.response_mask.shape[1]
         with _timer(timings, "reward"):
@@ -327,6 +370,8 @@ class Trainer:
                 index = order[first : first + per_update]
                 minibatch = {k: self._put(v[index]) for k, v in host_rows.items()}
                 self.params, self.opt_state, m = self.update_fn(self.params, self.opt_state, minibatch)
+                if not collected:
+                    faults.maybe_signal("update", step)
                 collected.append(m)
         collected = [jax.tree.map(to_host, m) for m in collected]
         skipped = sum(float(m["update/skipped"]) for m in collected)
@@ -459,13 +504,19 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the run
 
     def save(self, *, force: bool = False) -> None:
-        self.checkpointer.save(
+        if self._saved_step == self.step:
+            return
+        if self.checkpointer.save(
             self.step, params=self.params, opt_state=self.opt_state, rng=self.rng,
             data_state=self.iterator.get_state(), force=force,
-        )
-        faults.maybe_kill("checkpoint", self.step)
+        ):
+            self._saved_step = self.step
+        faults.maybe_signal("checkpoint", self.step)
 
     def run(self) -> dict[str, float]:
+        """Trains up to `config.train.steps`, then exports the actor. On SIGTERM / SIGINT (agreed by all processes)
+        it stops at the next step boundary, or abandons the rollout it is in, saves a checkpoint of the last
+        completed step, exports nothing and raises `StoppedBySignal`."""
         from tqdm.auto import tqdm
 
         config = self.config
@@ -473,25 +524,41 @@ class Trainer:
         last: dict[str, float] = {}
         bar = tqdm(total=total, initial=self.step, desc=f"{config.algo.name}", unit="step",
                    disable=jax.process_index() != 0, dynamic_ncols=True)
+        stopped_by = ""
         try:
-            if self.step == 0 and config.log.val_every and config.log.val_at_start:
-                self.logger.scalars(0, self.validate())
-            while self.step < total:
-                result = self.train_step()
-                last = result.metrics
-                if config.log.val_every and self.step % int(config.log.val_every) == 0:
-                    last.update(self.validate())
-                if self.step % max(1, int(config.log.every)) == 0 or self.step == total:
-                    self.logger.scalars(self.step, last)
-                    self.logger.samples(self.step, result.samples)
-                self.save(force=self.step == total)
-                bar.update(1)
-                bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.3f}",
-                                auc=f"{last['auc_mean']:.2f}", s=f"{last['timing/step']:.1f}")
+            with StopSignals() as stop:
+                if self.step == 0 and config.log.val_every and config.log.val_at_start:
+                    self.logger.scalars(0, self.validate())
+                # Each stop.agreed() is a collective in a multi-host run: the processes call it at the same points,
+                # so they all stop after the same step (a local flag alone would deadlock the next collective).
+                stopping = False
+                while self.step < total:
+                    if stop.agreed():
+                        stopping = True
+                        break
+                    result = self.train_step(stop)
+                    if result is None:  # stopped right after the rollout: the step was abandoned
+                        stopping = True
+                        break
+                    last = result.metrics
+                    if config.log.val_every and self.step % int(config.log.val_every) == 0 and not stop.agreed():
+                        last.update(self.validate())  # skipped when stopping: minutes of sampling for a paper model
+                    if self.step % max(1, int(config.log.every)) == 0 or self.step == total:
+                        self.logger.scalars(self.step, last)
+                        self.logger.samples(self.step, result.samples)
+                    self.save(force=self.step == total)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.3f}",
+                                    auc=f"{last['auc_mean']:.2f}", s=f"{last['timing/step']:.1f}")
+                if stopping:
+                    stopped_by = stop.name
+                    self.save(force=True)
         finally:
             bar.close()
             self.checkpointer.close()
             self.logger.close()
+        if stopped_by:
+            raise StoppedBySignal(stopped_by, self.step, self.checkpointer.directory)
         if config.checkpoint.export_hf:
             host_params = jax.tree.map(to_host, self.params)  # every process joins the gather; process 0 writes
             if jax.process_index() == 0:
@@ -501,5 +568,6 @@ class Trainer:
         return last
 
     def close(self) -> None:
-        self.engine.close()
+        """Closes the rollout engine, the logger and the checkpointer (waiting for a pending save); idempotent."""
+        self._resources.close()
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import optax
 
+from capojax.errors import ConfigError
+
 SCHEDULES = ("constant", "cosine", "linear")
 
 
 def build_schedule(optim_cfg, total_updates: int) -> optax.Schedule:
     lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
     if optim_cfg.schedule not in SCHEDULES:
-        raise ValueError(f"config.optim.schedule={optim_cfg.schedule!r} is not one of {SCHEDULES}")
+        raise ConfigError(f"config.optim.schedule={optim_cfg.schedule!r} is not one of {SCHEDULES}")
     if optim_cfg.schedule == "constant":
         after = optax.constant_schedule(lr)
     elif optim_cfg.schedule == "cosine":

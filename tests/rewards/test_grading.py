@@ -266,3 +266,14 @@ def test_cold_start_is_not_charged_to_the_first_deadline():
     code = "from capojax.rewards import grade_detailed; print(grade_detailed('$\\\\boxed{25}$', '025', timeout=0.5))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "(True, '25', False)"
+
+
+def test_pool_workers_ignore_ctrl_c_and_sigterm(pool):
+    # Ctrl-C reaches the whole process group: the trainer finishes its step (grading included) before stopping.
+    golds = [normalize_gold(5)]
+    assert pool.grade([B % "5"], golds, timeout=5.0).correct == [True]  # the worker is up and has its handlers
+    (pid,) = pool.pids()
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    res = pool.grade([B % "5"], golds, timeout=5.0)
+    assert res.correct == [True] and res.crashes == 0 and pool.pids() == [pid]
