@@ -80,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.holdout = 0  # rows held out (from the subset) for validation
     d.max_prompt_len = 1024  # prompts longer than this many tokens are dropped (counted)
     d.template = "qwen-math"  # prompt style for capojax.data.templates.render_prompt ("qwen-math" | "dcpo")
+    d.chat_template_kwargs = ml_collections.ConfigDict()  # extra chat-template variables (Qwen3: enable_thinking)
     d.shuffle_seed = 0  # seed of the per-epoch shuffle of the training prompts
     d.synthetic = ml_collections.ConfigDict()
     d.synthetic.num_problems = 2000  # problems in the synthetic dataset (before hold-out)

@@ -97,3 +97,30 @@ def test_every_base_field_has_a_comment():
     fields = [l for l in body.splitlines() if re.match(r"\s+\w+(\.\w+)+ = ", l) and "ConfigDict()" not in l]
     assert len(fields) > 60
     assert not [l for l in fields if "#" not in l]
+
+
+def test_dcpo_on_a_template_without_confidence_is_a_startup_error():
+    """DCPO declares that it needs a stated confidence; on the plain template every calibration reward would be the
+    constant "unparsed" value (GRPO plus a constant), so the trainer refuses before loading anything."""
+    from capojax.trainer.loop import validate_config
+
+    with pytest.raises(ValueError, match=r"algo.name='dcpo' needs a stated confidence.*template='qwen-math'.*dcpo"):
+        validate_config(load("tiny_dcpo", "--config.data.template=qwen-math"))
+    with pytest.raises(ValueError, match="needs a stated confidence"):
+        validate_config(load("tiny_grpo", "--config.algo.name=dcpo"))
+    validate_config(load("tiny_dcpo"))
+    validate_config(load("dcpo_qwen3_8b"))
+
+
+def test_grpo_on_the_dcpo_template_is_allowed_and_parses_confidence():
+    """DCPO's baseline: GRPO trained on the confidence template; the confidence is parsed (logged), not rewarded."""
+    from capojax.objectives import get_algorithm
+    from capojax.trainer.loop import parses_confidence, validate_config
+
+    c = load("tiny_dcpo", "--config.algo.name=grpo")
+    validate_config(c)
+    assert parses_confidence(get_algorithm("grpo"), c.data)
+    assert parses_confidence(get_algorithm("dcpo"), c.data)
+    assert not parses_confidence(get_algorithm("grpo"), load("tiny_grpo").data)
+    assert get_algorithm("dcpo").needs_confidence
+    assert not any(get_algorithm(n).needs_confidence for n in ("grpo", "drgrpo", "gspo", "capo"))

@@ -34,6 +34,10 @@ class AlgorithmSpec:
     ratio_level:       "token" (PPO/GRPO) or "sequence" (GSPO)
     advantage_hparams: keyword defaults for the estimator
     loss_hparams:      clip_low, clip_high, dual_clip, agg, norm_len, kl_coef, kl_kind, entropy_coef
+    needs_confidence:  the advantages read a stated confidence (AdvantageInputs.confidence / confidence_mask), so
+                       the prompts must ask for a `CONFIDENCE: p` line and the responses must be parsed for it
+                       (DCPO). The trainer refuses such an algorithm on a template that asks for none, instead of
+                       training on a constant "unparsed" calibration reward.
     """
 
     name: str
@@ -41,6 +45,7 @@ class AlgorithmSpec:
     ratio_level: str
     advantage_hparams: Mapping[str, Any]
     loss_hparams: Mapping[str, Any]
+    needs_confidence: bool = False
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGE_ESTIMATORS:
@@ -176,6 +181,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         ratio_level="token",
         advantage_hparams={"lam": 0.5, "error": "squared", "scale": "group_std", "eps": 1e-6},
         loss_hparams={"clip_low": 0.2, "clip_high": 0.2, "agg": "token-mean"},
+        needs_confidence=True,
     ),
 }
 
