@@ -122,7 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     a.ref_high = 2.5  # CAPO: correct samples count only if PPL_ref <= ref_high (drops lucky guesses)
     a.ref_low = 1.05  # CAPO: wrong samples count only if PPL_ref >= ref_low (drops near-misses)
     a.use_ref_mask = True  # CAPO: apply the reference-perplexity noise mask (False: no reference model is loaded)
-    a.lam = 0.5  # DCPO: weight of the calibration advantage on the confidence tokens
+    a.lam = 0.5  # DCPO: calibration target = lam * group accuracy + (1 - lam) * this sample's correctness
     a.clip_low = 0.2  # PPO ratio clip below 1 (1 - clip_low)
     a.clip_high = 0.2  # PPO ratio clip above 1 (1 + clip_high); > clip_low = DAPO's clip-higher
     a.kl_coef = 0.0  # weight of the KL penalty to the reference (0 = off; the reference is still used by CAPO)

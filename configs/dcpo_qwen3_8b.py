@@ -24,7 +24,7 @@ def get_config():
     config.rollout.max_new_tokens = 3000  # response limit
     config.rollout.temperature = 1.0  # sampling temperature
     config.algo.name = "dcpo"  # accuracy advantage on reasoning tokens, calibration advantage on confidence tokens
-    config.algo.lam = 0.5  # weight of the calibration advantage
+    config.algo.lam = 0.5  # calibration target: half group accuracy, half the sample's own correctness
     config.algo.clip_low = 0.2  # PPO clip below 1
     config.algo.clip_high = 0.28  # clip-higher
     config.algo.kl_coef = 0.001  # KL penalty to the reference

@@ -26,8 +26,12 @@ DCPO and the advantage swap
 `dcpo_advantages` follows the paper's intent: the reasoning tokens (every response token outside the
 `CONFIDENCE: p` segment) receive only the group-normalised *accuracy* advantage, and the confidence-segment
 tokens receive only the group-normalised *calibration* advantage (minus the squared/absolute error between the
-stated confidence and lam * group_accuracy + (1 - lam) * correct; an unparsed confidence gets the worst reward,
--1). The released DCPO code appears to assign the two the other way round; we do not reproduce that, and
+stated confidence and lam * group_accuracy + (1 - lam) * correct; `lam` mixes the calibration *target*, it does
+not weight the calibration advantage against the accuracy one). Span: only the tokens of the `CONFIDENCE: p`
+segment itself get the calibration advantage; the released code gives it to every token from the confidence line
+to the end of the response (the same tokens plus the trailing end-of-turn marker, which the trainer does not
+train on). An unparsable or missing confidence line gets the worst calibration reward, -1: it has no confidence
+tokens, so the -1 only lowers its group's calibration baseline, and all its tokens get the accuracy advantage. The released DCPO code appears to assign the two the other way round; we do not reproduce that, and
 `tests/objectives/test_dcpo_advantages.py::test_tokens_get_their_own_advantage_not_swapped` pins the choice.
 """
 

@@ -190,7 +190,9 @@ def dcpo_advantages(
     correct bool[B,G], confidence f32[B,G] (NaN = unparsed), response_mask bool[B,G,T], confidence_mask
     bool[B,G,T] (the tokens of the stated `CONFIDENCE: p` segment). The two rewards of `dcpo_rewards` are
     normalised within their group separately (`grpo_advantages(scale=...)`); confidence tokens get only the
-    calibration advantage, every other response token only the accuracy advantage, padding 0.
+    calibration advantage, every other response token only the accuracy advantage, padding 0. `lam` sets the
+    calibration target (see `dcpo_rewards`), not a weight between the two advantages. A row whose confidence did
+    not parse has no confidence tokens: its calibration reward -1 enters only its group's normalisation.
     """
     response_mask = jnp.asarray(response_mask, bool)
     confidence_mask = jnp.asarray(confidence_mask, bool)
