@@ -115,6 +115,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.reward = ml_collections.ConfigDict()
     config.reward.timeout = 5.0  # seconds per response for math-verify (a timeout counts as wrong and is logged)
     config.reward.workers = 0  # grader worker processes (0 = min(8, cpu count))
+    config.reward.require_boxed = True  # no \boxed{} answer, no reward (verl's math reward); False: math-verify fallback
 
     config.algo = a = ml_collections.ConfigDict()
     a.name = "grpo"  # key in capojax.objectives.ALGORITHMS: grpo | drgrpo | gspo | capo | dcpo

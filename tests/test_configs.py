@@ -124,3 +124,9 @@ def test_grpo_on_the_dcpo_template_is_allowed_and_parses_confidence():
     assert not parses_confidence(get_algorithm("grpo"), load("tiny_grpo").data)
     assert get_algorithm("dcpo").needs_confidence
     assert not any(get_algorithm(n).needs_confidence for n in ("grpo", "drgrpo", "gspo", "capo"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_grades_training_rewards_boxed_only(name):
+    """verl's math reward: the last \\boxed{} or nothing (no free extraction of "the answer is 25")."""
+    assert load(name).reward.require_boxed is True

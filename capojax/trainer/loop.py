@@ -275,7 +275,7 @@ class Trainer:
             scores = score_rollout(
                 rollout, prompts.answers, self.tokenizer, timeout=float(config.reward.timeout),
                 workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
-                length=T,
+                length=T, require_boxed=bool(config.reward.require_boxed),
             )
         correct = scores.correct
 
@@ -443,6 +443,7 @@ class Trainer:
             scores = score_rollout(
                 rollout, part.answers, self.tokenizer, timeout=float(config.reward.timeout),
                 workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
+                require_boxed=bool(config.reward.require_boxed),
             )
             # Teacher-forced at temperature 1: the policy's own likelihood, whatever the sampling settings.
             seq = batch_lib.assemble(part.prompt_ids, rollout, pad_id=self.special.pad_id)
