@@ -130,3 +130,13 @@ def test_grpo_on_the_dcpo_template_is_allowed_and_parses_confidence():
 def test_every_preset_grades_training_rewards_boxed_only(name):
     """verl's math reward: the last \\boxed{} or nothing (no free extraction of "the answer is 25")."""
     assert load(name).reward.require_boxed is True
+
+
+def test_paper_presets_follow_verl_where_the_papers_are_silent():
+    """CAPO trained with verl: token-mean loss aggregation and AdamW weight decay 0.01 (verl's actor defaults);
+    GSPO keeps its paper's sequence mean; the DCPO preset already had both."""
+    for name in ("capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "dcpo_qwen3_8b"):
+        c = load(name)
+        assert (c.algo.loss_agg, c.optim.weight_decay) == ("token-mean", 0.01), name
+    g = load("gspo_1p5b")
+    assert (g.algo.loss_agg, g.optim.weight_decay) == ("seq-mean-token-mean", 0.01)
