@@ -115,14 +115,16 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.reward = ml_collections.ConfigDict()
     config.reward.timeout = 5.0  # seconds per response for math-verify (a timeout counts as wrong and is logged)
     config.reward.workers = 0  # grader worker processes (0 = min(8, cpu count))
-    config.reward.require_boxed = True  # no \boxed{} answer, no reward (verl's math reward); False: math-verify fallback
+    config.reward.require_boxed = True  # no \boxed{} answer, no reward (verl); False: math-verify's fallback
 
     config.algo = a = ml_collections.ConfigDict()
     a.name = "grpo"  # key in capojax.objectives.ALGORITHMS: grpo | drgrpo | gspo | capo | dcpo
     a.tau = 0.6  # CAPO: temperature of the logistic surrogate log(1 + exp(-t / tau))
-    a.ref_high = 2.5  # CAPO: correct samples count only if PPL_ref <= ref_high (drops lucky guesses)
-    a.ref_low = 1.05  # CAPO: wrong samples count only if PPL_ref >= ref_low (drops near-misses)
-    a.use_ref_mask = True  # CAPO: apply the reference-perplexity noise mask (False: no reference model is loaded)
+    a.ref_high = 2.5  # reference-PPL mask: correct samples count only if PPL_ref <= ref_high (drops lucky guesses)
+    a.ref_low = 1.05  # reference-PPL mask: wrong samples count only if PPL_ref >= ref_low (drops near-misses)
+    # Apply the reference-PPL noise mask to any algorithm's advantages; None = the algorithm's own (on for CAPO,
+    # off for the others). Off and kl_coef 0: no reference model is loaded.
+    a.use_ref_mask = ml_collections.FieldReference(None, field_type=bool)  # None = the algorithm's own (above)
     a.lam = 0.5  # DCPO: calibration target = lam * group accuracy + (1 - lam) * this sample's correctness
     a.clip_low = 0.2  # PPO ratio clip below 1 (1 - clip_low)
     a.clip_high = 0.2  # PPO ratio clip above 1 (1 + clip_high); > clip_low = DAPO's clip-higher

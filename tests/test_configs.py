@@ -10,8 +10,8 @@ from ml_collections import config_flags
 from capojax.checkpoint import ModelNotFoundError, resolve_model_path
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-NAMES = ["capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "gspo_1p5b", "dcpo_qwen3_8b", "tiny_grpo", "tiny_capo",
-         "tiny_dcpo"]
+NAMES = ["capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "gspo_1p5b", "gspo_7b", "grpo_mask_1p5b", "dcpo_qwen3_8b",
+         "tiny_grpo", "tiny_capo", "tiny_dcpo"]
 
 
 def load(name, *overrides):
@@ -140,3 +140,24 @@ def test_paper_presets_follow_verl_where_the_papers_are_silent():
         assert (c.algo.loss_agg, c.optim.weight_decay) == ("token-mean", 0.01), name
     g = load("gspo_1p5b")
     assert (g.algo.loss_agg, g.optim.weight_decay) == ("seq-mean-token-mean", 0.01)
+
+
+def test_gspo_7b_and_the_mask_only_ablation():
+    from capojax.objectives import get_algorithm
+    from capojax.trainer.loop import algo_overrides
+
+    g = load("gspo_7b")
+    assert (g.model.hf_name, g.algo.name) == ("Qwen/Qwen2.5-Math-7B", "gspo")
+    assert (g.algo.clip_low, g.algo.clip_high) == (3e-4, 4e-4)
+    assert (g.train.steps, g.mesh.fsdp, g.mesh.tp) == (400, 4, 2)
+    m = load("grpo_mask_1p5b")
+    assert (m.algo.name, m.algo.use_ref_mask, m.algo.ref_high, m.algo.ref_low) == ("grpo", True, 2.5, 1.05)
+
+    def reads_reference(c):
+        spec = get_algorithm(c.algo.name)
+        return spec.reads_reference(**algo_overrides(spec.advantage_hparams, c.algo))
+
+    assert reads_reference(m) and reads_reference(load("capo_1p5b"))
+    assert not reads_reference(load("grpo_1p5b"))
+    assert not reads_reference(load("capo_1p5b", "--config.algo.use_ref_mask=False"))
+    assert load("grpo_1p5b").algo.use_ref_mask is None  # None: the algorithm's own choice
