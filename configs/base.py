@@ -164,6 +164,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.log.num_text_samples = 2  # completions written as text per logged step
 
     config.dry_run = False  # build abstractly, compile, print the per-device memory plan and exit
+    config.print_prompt = False  # print the first training prompt through the tokenizer and exit (no weights)
     config.device_memory_gb = 80.0  # per-device memory the dry-run plan is checked against
     config.plan_devices = 8  # devices of the planned mesh when mesh.fsdp = -1 (fake CPU devices in a dry run)
     config.plan_json = ""  # also write the dry-run plan as JSON to this path ("" = don't)
