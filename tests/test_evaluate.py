@@ -71,6 +71,7 @@ def test_cli_end_to_end(tiny_checkpoint, shared_data, tmp_path):
         folder = out / bench
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["benchmark"] == bench and summary["problems"] == 2 and summary["samples_per_problem"] == 2
+        assert summary["protocol"] == "none" and summary["require_boxed"] is False  # the lenient default, recorded
         rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
         assert len(rows) == 4
         ids = [p.id for p in load_benchmark(bench, limit=2, data_dir=shared_data)]
@@ -97,6 +98,51 @@ def test_cli_end_to_end(tiny_checkpoint, shared_data, tmp_path):
         assert summary["dcpo/parse_rate"] == 0 and "dcpo/ece" not in summary
         for png in ("reliability_ppl.png", "precision_coverage.png"):
             assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_protocols_set_and_record_the_papers_settings(tiny_checkpoint, qwen3_style_tokenizer_dir, shared_data,
+                                                     tmp_path):
+    """--protocol capo / dcpo fill the sampling and grading settings; summary.json records them, the explicit
+    overrides (here n and max_new_tokens, to keep the test small) and what is not reproduced."""
+    common = ("--benchmarks", "aime24", "--limit", 1, "--n", 2, "--max_new_tokens", 8, "--grade_workers", 0,
+              "--data_dir", shared_data, "--no_progress")
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--protocol", "capo", "--out", tmp_path / "capo", *common)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((tmp_path / "capo" / "aime24" / "summary.json").read_text())
+    assert s["protocol"] == "capo" and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
+    assert s["protocol_settings"] == {"n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8,
+                                      "template": "qwen-math", "require_boxed": True, "chat_template_kwargs": {}}
+    assert (s["temperature"], s["top_p"], s["top_k"], s["samples_per_problem"]) == (1.0, 1.0, 0, 2)
+    assert s["require_boxed"] is True and s["grading"] == "last \\boxed{} only"
+
+    # DCPO: non-thinking Qwen3 (a tokenizer with Qwen3's enable_thinking branch), confidence parsing
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--tokenizer", qwen3_style_tokenizer_dir, "--protocol", "dcpo",
+                    "--out", tmp_path / "dcpo", *common)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((tmp_path / "dcpo" / "aime24" / "summary.json").read_text())
+    assert s["protocol"] == "dcpo" and s["template"] == "dcpo"
+    assert s["chat_template_kwargs"] == {"enable_thinking": False}
+    assert (s["temperature"], s["top_p"], s["top_k"], s["require_boxed"]) == (0.7, 0.8, 20, False)
+    assert s["protocol_settings"]["max_new_tokens"] == 8 and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
+    assert any("presence_penalty" in d for d in s["protocol_deviations"]) and "dcpo/parse_rate" in s
+
+
+def test_protocol_settings_match_the_presets_and_resolve_in_order():
+    import importlib.util
+
+    from capojax.eval_protocols import DEFAULT_SETTINGS, PROTOCOLS, resolve_settings
+
+    spec = importlib.util.spec_from_file_location("capo_1p5b", REPO / "configs" / "capo_1p5b.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    preset = module.get_config()
+    capo = PROTOCOLS["capo"].settings
+    assert capo["max_new_tokens"] == preset.rollout.max_new_tokens  # "the preset's response limit"
+    assert (capo["n"], capo["temperature"], capo["top_p"]) == (16, preset.rollout.temperature, preset.rollout.top_p)
+    settings, fields = resolve_settings(None, {"n": None, "top_k": 5})
+    assert settings == {**DEFAULT_SETTINGS, "top_k": 5} and fields["protocol"] == "none"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        resolve_settings("rlcr", {})
 
 
 def test_cli_rejects_unknown_benchmark_and_missing_checkpoint(tiny_checkpoint, tmp_path):
