@@ -34,7 +34,8 @@ class Protocol:
     def __post_init__(self):
         unknown = set(self.settings) - set(DEFAULT_SETTINGS)
         if unknown:
-            raise ValueError(f"protocol {self.name!r}: unknown settings {sorted(unknown)}; known: {list(DEFAULT_SETTINGS)}")
+            raise ValueError(f"protocol {self.name!r}: unknown settings {sorted(unknown)}; "
+                             f"known: {list(DEFAULT_SETTINGS)}")
 
 
 PROTOCOLS: dict[str, Protocol] = {

@@ -693,6 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--fsdp/--tp: {e}")
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(args.tokenizer or ckpt)
+    if args.chat_template_kwargs and not getattr(tokenizer, "chat_template", None):
+        parser.error(f"chat-template kwargs {args.chat_template_kwargs} (from --protocol {args.protocol} or "
+                     f"--chat_template_kwargs) need the model's chat template, but the tokenizer in "
+                     f"{args.tokenizer or ckpt} has none: copy the checkpoint's tokenizer_config.json there (or pass "
+                     f"--tokenizer DIR), or pass --chat_template_kwargs '{{}}'")
     engine = lpm_fn = model = None
     if args.engine == "vllm":
         # The server samples and scores: no JAX model (a 7B checkpoint need not fit the evaluating host).

@@ -126,6 +126,10 @@ def test_protocols_set_and_record_the_papers_settings(tiny_checkpoint, qwen3_sty
     assert s["protocol_settings"]["max_new_tokens"] == 8 and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
     assert any("presence_penalty" in d for d in s["protocol_deviations"]) and "dcpo/parse_rate" in s
 
+    # a tokenizer without a chat template cannot switch thinking off: a clear error before any sampling
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--protocol", "dcpo", "--out", tmp_path / "bare", *common)
+    assert proc.returncode == 2 and "need the model's chat template" in proc.stderr and "enable_thinking" in proc.stderr
+
 
 def test_protocol_settings_match_the_presets_and_resolve_in_order():
     import importlib.util
