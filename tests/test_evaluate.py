@@ -172,6 +172,7 @@ class ScriptedEngine:
 
         start = self.calls  # evaluate_problems calls once per batch of problems; batch_size=1 here
         self.calls += len(prompts)
+        self.prompts = getattr(self, "prompts", []) + [list(p) for p in prompts]
         toks = []
         for i in range(len(prompts)):
             for j in range(params.n):
@@ -260,3 +261,23 @@ def test_teacher_forced_lpm_equals_sampler_logprobs_at_temperature_one(tiny_chec
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
     assert len({round(x, 6) for x in got}) > 1  # different samples, different likelihoods
+
+
+def test_evaluation_prompts_carry_the_chat_template_kwargs(tiny_model, qwen3_style_tokenizer_dir):
+    """The prompt the engine receives under DCPO's protocol ends with Qwen3's empty think block (non-thinking)."""
+    from capojax.data.benchmarks import Problem
+    from capojax.evaluate import evaluate_problems
+    from capojax.tokenizer import load_tokenizer
+
+    model, _ = tiny_model
+    tok = load_tokenizer(qwen3_style_tokenizer_dir)
+    problems = [Problem(id="p0", problem="What is 1 + 1?", gold=("2",))]
+    engine = ScriptedEngine(tok, [["\\boxed{2}\nCONFIDENCE: 0.9"]], pad_id=151643)
+    for kwargs, think in (({"enable_thinking": False}, True), (None, False)):
+        engine.calls, engine.prompts = 0, []
+        result = evaluate_problems(model, tok, problems, n=1, max_new_tokens=16, template="dcpo", engine=engine,
+                                   batch_size=1, grade_workers=0, progress=False, chat_template_kwargs=kwargs)
+        prompt = tok.decode(engine.prompts[0])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") is think
+        assert "CONFIDENCE: <number between 0 and 1>" in prompt
+        assert result.summary["chat_template_kwargs"] == (kwargs or {}) and result.summary["dcpo/parse_rate"] == 1.0
