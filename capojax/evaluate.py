@@ -2,15 +2,24 @@
 
     python -m capojax.evaluate --checkpoint DIR --benchmarks aime24,math500 --n 4 --temperature 0.6 \\
         --top_p 0.95 --max_new_tokens 512 --limit 8 --out OUT [--template qwen-math|dcpo] [--seed 0]
+    python -m capojax.evaluate --checkpoint DIR --protocol capo|dcpo --out OUT [--engine vllm [--vllm_url URL]]
+
+`--protocol` sets a paper's evaluation settings (capojax.eval_protocols; explicit flags still win and are
+recorded); every summary.json states the protocol, the resolved settings and the grading mode (`require_boxed`).
+`--engine vllm` samples on a vLLM server (the sidecar engine; `--vllm_url`, or one launched on the checkpoint)
+and takes the temperature-1 log-probs from the server too, so no JAX model is loaded.
 
 For every benchmark (a name from `capojax.data.benchmarks.BENCHMARKS` or a .json/.jsonl path):
 
 1. render each problem with the prompt template (the checkpoint's chat template when it ships one),
-2. sample N completions per problem with the embedded JAX sampler (`JaxRolloutEngine`), with a progress bar,
-3. grade them with `capojax.rewards.grade_batch` (math-verify, worker processes, deadlines),
+2. sample N completions per problem with the embedded JAX sampler (`JaxRolloutEngine`) or a vLLM server, with a
+   progress bar,
+3. grade them with `capojax.rewards.grade_batch` (math-verify, worker processes, deadlines; `require_boxed`:
+   the last `\\boxed{}` only, as verl's reward, else math-verify's free extraction as a fallback),
 4. score each completion's confidence two ways:
    - perplexity view: `lpm`, the mean token log-prob of the completion under the model **at temperature 1**,
-     recomputed teacher-forced (one forward pass over prompt + completion). The sampler's own log-probs are
+     recomputed teacher-forced (one forward pass over prompt + completion; with `--engine vllm` the server's
+     prompt log-probs of prompt + completion). The sampler's own log-probs are
      taken under the *sampling* distribution (temperature, top-p), which is not the model's likelihood, so they
      are only recorded as `sampler_lpm` for reference. Confidence = exp(lpm) = 1 / perplexity.
    - DCPO view: the stated `CONFIDENCE: <p>` line (`capojax.rewards.parse_confidence`), when present.
@@ -40,7 +49,8 @@ from capojax import cli
 
 logger = logging.getLogger("capojax.evaluate")
 
-__all__ = ["BenchmarkResult", "evaluate", "evaluate_problems", "completion_lpm", "write_outputs", "main"]
+__all__ = ["BenchmarkResult", "evaluate", "evaluate_problems", "completion_lpm", "server_completion_lpm",
+           "write_outputs", "main"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -142,6 +152,37 @@ def completion_lpm(
     return out
 
 
+def server_completion_lpm(
+    client: Any,
+    prompts: Sequence[Sequence[int]],
+    completions: np.ndarray,
+    lengths: np.ndarray,
+    prompt_index: np.ndarray,
+    *,
+    max_concurrency: int = 16,
+) -> np.ndarray:
+    """`completion_lpm` computed by a vLLM server -> f32[N]: the mean of its raw (temperature-1) prompt log-probs
+    over each completion's tokens, one `prompt_logprobs` request per row (`client`: a `VLLMClient`).
+    Same arguments as `completion_lpm`; a row with no tokens gets NaN."""
+    import concurrent.futures as cf
+
+    completions = np.asarray(completions, np.int32)
+    lengths = np.asarray(lengths, np.int32)
+    out = np.full(len(lengths), np.nan, np.float32)
+
+    def one(row: int) -> float:
+        prompt = list(prompts[int(prompt_index[row])])
+        completion = completions[row, : lengths[row]].tolist()
+        logp = client.prompt_logprobs(prompt + completion)  # log p(tokens[t] | tokens[:t]), t >= 1
+        return float(np.mean(np.asarray(logp[len(prompt) - 1 :], np.float64)))
+
+    rows = [r for r in range(len(lengths)) if lengths[r] > 0]
+    with cf.ThreadPoolExecutor(max_workers=max(1, int(max_concurrency))) as pool:
+        for row, value in zip(rows, pool.map(one, rows)):
+            out[row] = value
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # One benchmark
 # ------------------------------------------------------------------------------------------------------------
@@ -226,6 +267,8 @@ def evaluate_problems(
     n_bins: int = 20,
     progress: bool = True,
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    require_boxed: bool = False,
+    lpm_fn: Any = None,
 ) -> BenchmarkResult:
     """Sample, grade and score `problems` (objects with `id`, `problem`, `gold`) -> BenchmarkResult.
 
@@ -234,6 +277,10 @@ def evaluate_problems(
     `JaxRolloutEngine` on `model`. mesh: rows of the sampler and of the lpm pass split over its "fsdp" axis.
     stop_ids: token ids that end a completion (default: tokenizer/ChatML EOS).
     batch_size: problems per `generate` call (rows = batch_size * n).
+    require_boxed: grade the last `\\boxed{}` only (no box: wrong), as verl's math reward; False falls back to
+    math-verify's extraction of the response's tail. Recorded in the summary either way.
+    lpm_fn: `(prompts, tokens, lengths, prompt_index) -> f32[N]` temperature-1 mean log-probs (default:
+    `completion_lpm` on `model`; e.g. `server_completion_lpm` with a vLLM engine, when `model` may be None).
     """
     from tqdm.auto import tqdm
 
@@ -246,6 +293,8 @@ def evaluate_problems(
         raise ValueError(f"{name}: no problems to evaluate")
     if n < 1:
         raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
+    if model is None and (engine is None or lpm_fn is None):
+        raise ValueError("evaluate_problems needs a model, unless both `engine` and `lpm_fn` are given")
     stop_ids = _stop_ids(tokenizer, getattr(model, "config", None)) if stop_ids is None else tuple(stop_ids)
     pad_id = _pad_id(tokenizer, stop_ids)
     if engine is None:
@@ -287,9 +336,13 @@ def evaluate_problems(
 
     prompt_index = np.repeat(np.arange(num), n)
     t0 = time.perf_counter()
-    lpm = completion_lpm(
-        model, prompts, tokens, lengths, prompt_index, pad_id=pad_id, rows_per_batch=lpm_rows_per_batch, mesh=mesh
-    )
+    if lpm_fn is not None:
+        lpm = np.asarray(lpm_fn(prompts, tokens, lengths, prompt_index), np.float32)
+    else:
+        lpm = completion_lpm(
+            model, prompts, tokens, lengths, prompt_index, pad_id=pad_id, rows_per_batch=lpm_rows_per_batch,
+            mesh=mesh,
+        )
     t_lpm = time.perf_counter() - t0
     token_mask = np.arange(max_new_tokens)[None, :] < lengths[:, None]
     sampler_lpm = np.where(
@@ -301,7 +354,8 @@ def evaluate_problems(
     _warm_up_grader()  # clustering below compares answers in this process; grading may too (workers=0)
     t0 = time.perf_counter()
     graded = grade_batch(
-        responses, golds, timeout=DEFAULT_TIMEOUT if grade_timeout is None else grade_timeout, workers=grade_workers
+        responses, golds, timeout=DEFAULT_TIMEOUT if grade_timeout is None else grade_timeout, workers=grade_workers,
+        require_boxed=require_boxed,
     )
     t_grade = time.perf_counter() - t0
     confidence = parse_confidences(responses)
@@ -324,6 +378,10 @@ def evaluate_problems(
         "top_k": top_k,
         "max_new_tokens": max_new_tokens,
         "seed": seed,
+        "chat_template_kwargs": dict(kwargs),
+        "require_boxed": bool(require_boxed),
+        "grading": "last \\boxed{} only" if require_boxed else "last \\boxed{}, else math-verify's free extraction",
+        "engine": type(engine).__name__,
     }
     summary.update(metrics.scaling_summary(correct, cluster_ids, lpm2))
     for key, value in metrics.calibration_summary(np.exp(lpm2), correct, n_bins=n_bins).items():
@@ -441,13 +499,15 @@ def evaluate(
     out_dir: str | pathlib.Path | None = None,
     data_dir: str | pathlib.Path | None = None,
     n_bins: int = 20,
+    summary_extra: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Evaluates `model` on each benchmark -> {benchmark folder name: summary dict}.
 
     benchmarks: names (`capojax.data.benchmarks.BENCHMARKS`) or .json/.jsonl paths, a list or "a,b".
     limit: the first `limit` problems of each. out_dir: when given, each benchmark's outputs go to
-    out_dir/<name>/ (`write_outputs`). Other keyword arguments go to `evaluate_problems` (n, temperature, top_p,
+    out_dir/<name>/ (`write_outputs`). summary_extra: fields added to every summary (e.g. the protocol's
+    settings). Other keyword arguments go to `evaluate_problems` (n, temperature, top_p,
     top_k, max_new_tokens, template, seed, engine, stop_ids, batch_size, grade_timeout, grade_workers, progress, ...).
     """
     from capojax.data.benchmarks import load_benchmark
@@ -459,6 +519,7 @@ def evaluate(
         problems = load_benchmark(bench, limit=limit, data_dir=data_dir)
         name = _folder_name(bench)
         result = evaluate_problems(model, tokenizer, problems, name=name, n_bins=n_bins, **kwargs)
+        result.summary.update(summary_extra or {})
         if out_dir is not None:
             write_outputs(result, pathlib.Path(out_dir) / name, n_bins=n_bins)
         results[name] = result.summary
@@ -482,14 +543,35 @@ def _parser() -> argparse.ArgumentParser:
         "--benchmarks", default="aime24,math500",
         help=f"comma-separated names ({', '.join(BENCHMARKS)}) or .json/.jsonl paths",
     )
-    p.add_argument("--n", type=int, default=4, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top_p", type=float, default=0.95)
-    p.add_argument("--top_k", type=int, default=0, help="0 disables top-k")
-    p.add_argument("--max_new_tokens", type=int, default=512)
+    from capojax.eval_protocols import DEFAULT_SETTINGS, PROTOCOLS
+
+    d = DEFAULT_SETTINGS
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="a paper's evaluation settings (capo: n 16, T 1.0, top_p 1.0, 3072 tokens, boxed grading; "
+                        "dcpo: DCPO's release, non-thinking, confidence parsing); explicit flags override them")
+    p.add_argument("--n", type=int, default=None, help=f"samples per problem (default {d['n']})")
+    p.add_argument("--temperature", type=float, default=None, help=f"default {d['temperature']}")
+    p.add_argument("--top_p", type=float, default=None, help=f"default {d['top_p']}")
+    p.add_argument("--top_k", type=int, default=None, help="0 disables top-k (default 0)")
+    p.add_argument("--max_new_tokens", type=int, default=None, help=f"default {d['max_new_tokens']}")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT problems of each benchmark")
     p.add_argument("--out", required=True, help="output folder; one subfolder per benchmark")
-    p.add_argument("--template", default="qwen-math", choices=["qwen-math", "dcpo"], help="prompt style")
+    p.add_argument("--template", default=None, choices=["qwen-math", "dcpo"],
+                   help=f"prompt style (default {d['template']})")
+    p.add_argument("--require_boxed", default=None, action=argparse.BooleanOptionalAction,
+                   help="grade the last \\boxed{} only, no box = wrong (verl); --no-require_boxed: math-verify "
+                        "fallback (default off)")
+    p.add_argument("--chat_template_kwargs", default=None, type=json.loads,
+                   help='JSON object for the chat template, e.g. \'{"enable_thinking": false}\' (Qwen3 non-thinking)')
+    p.add_argument("--engine", default="jax", choices=["jax", "vllm"],
+                   help="jax: embedded sampler + teacher-forced log-probs; vllm: a vLLM server does both")
+    p.add_argument("--vllm_url", default=None, help="a running vLLM server on this checkpoint (default: launch one)")
+    p.add_argument("--vllm_python", default=None, help="python of the vLLM venv for a launched server "
+                                                       "(default .venv-vllm, else this python)")
+    p.add_argument("--vllm_max_model_len", type=int, default=0,
+                   help="context of a launched server (0 = 1024 prompt tokens + max_new_tokens)")
+    p.add_argument("--vllm_cpu_kvcache_gb", type=int, default=2, help="KV-cache GB of a launched CPU server")
+    p.add_argument("--vllm_concurrency", type=int, default=64, help="requests in flight to the server")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=8, help="problems per sampler call (rows = batch_size * n)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
@@ -501,6 +583,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grade_timeout", type=float, default=None, help="seconds per graded response")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
+
+
+_SETTING_FLAGS = ("n", "temperature", "top_p", "top_k", "max_new_tokens", "template", "require_boxed",
+                  "chat_template_kwargs")
+
+
+def _resolve_protocol(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """Fills the setting flags from --protocol (else the defaults), explicit flags winning; returns the summary
+    fields that record the protocol and the resolved settings."""
+    from capojax.eval_protocols import resolve_settings
+
+    if args.chat_template_kwargs is not None and not isinstance(args.chat_template_kwargs, dict):
+        parser.error(f"--chat_template_kwargs must be a JSON object, got {args.chat_template_kwargs!r}")
+    settings, fields = resolve_settings(args.protocol, {k: getattr(args, k) for k in _SETTING_FLAGS})
+    for key, value in settings.items():
+        setattr(args, key, value)
+    return fields
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -515,6 +614,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> li
     tok_dir = pathlib.Path(args.tokenizer).expanduser() if args.tokenizer else ckpt
     if not (tok_dir / "tokenizer.json").is_file():
         parser.error(f"no tokenizer.json in {tok_dir}; copy the tokenizer files there or pass --tokenizer DIR")
+    if args.engine == "vllm" and args.tokenizer and args.vllm_url is None:
+        parser.error("--engine vllm launches a server on --checkpoint, which must then hold the tokenizer too; "
+                     "copy the tokenizer files into the checkpoint folder or pass --vllm_url of a running server")
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     if not benchmarks:
         parser.error("--benchmarks is empty; pass e.g. --benchmarks aime24,math500")
@@ -539,9 +641,32 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> li
     return benchmarks
 
 
+def _vllm_engine(args: argparse.Namespace, ckpt: pathlib.Path, *, pad_id: int, stop_ids: Sequence[int]):
+    """The sidecar engine: on --vllm_url, else on a server launched on the checkpoint (stopped by close())."""
+    from capojax.rollout.vllm_engine import VLLMClient, VLLMRolloutEngine, VLLMServerError
+
+    server = None
+    url = args.vllm_url
+    if url is None:
+        from capojax.rollout.vllm_server import ServerConfig, launch_vllm_server
+
+        max_len = int(args.vllm_max_model_len) or 1024 + int(args.max_new_tokens)
+        server = launch_vllm_server(ServerConfig(
+            model=str(ckpt), python=args.vllm_python, dtype=args.dtype, max_model_len=max_len,
+            cpu_kvcache_gb=int(args.vllm_cpu_kvcache_gb), seed=int(args.seed)))
+        url = server.url
+        logger.info("vLLM server on %s at %s (log %s)", ckpt, url, server.log_path)
+    elif not VLLMClient(url).health(timeout=30.0):
+        raise VLLMServerError(f"no vLLM server answers at --vllm_url {url}; start one on the checkpoint "
+                              f"(python scripts/serve_vllm.py --model {ckpt}) or omit --vllm_url to launch one")
+    return VLLMRolloutEngine(url, pad_id=pad_id, eos_ids=stop_ids, server=server, own_server=server is not None,
+                             max_concurrency=int(args.vllm_concurrency))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.one_line_errors(_parser())  # a usage mistake is one line `error: ...` (see capojax.cli)
     args = parser.parse_args(argv)
+    protocol_fields = _resolve_protocol(parser, args)
     benchmarks = _check_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -569,19 +694,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             parser.error(f"--fsdp/--tp: {e}")
     t0 = time.perf_counter()
-    model, config = load_pretrained(ckpt, dtype=dtype, mesh=mesh)
     tokenizer = load_tokenizer(args.tokenizer or ckpt)
-    logger.info("loaded %s (%s) in %.1fs", ckpt, config.model_type, time.perf_counter() - t0)
-    # generation_config.json / config.json EOS ids, plus ChatML's end of turn (the prompts are ChatML).
-    stop_ids = _stop_ids(tokenizer, config, extra=special_token_ids(tokenizer, ckpt).eos_ids)
+    if args.chat_template_kwargs and not getattr(tokenizer, "chat_template", None):
+        parser.error(f"chat-template kwargs {args.chat_template_kwargs} (from --protocol {args.protocol} or "
+                     f"--chat_template_kwargs) need the model's chat template, but the tokenizer in "
+                     f"{args.tokenizer or ckpt} has none: copy the checkpoint's tokenizer_config.json there (or pass "
+                     f"--tokenizer DIR), or pass --chat_template_kwargs '{{}}'")
+    engine = lpm_fn = model = None
+    if args.engine == "vllm":
+        # The server samples and scores: no JAX model (a 7B checkpoint need not fit the evaluating host).
+        from capojax.models import QwenConfig
+
+        config = QwenConfig.from_json(ckpt / "config.json")
+        stop_ids = _stop_ids(tokenizer, config, extra=special_token_ids(tokenizer, ckpt).eos_ids)
+        engine = _vllm_engine(args, ckpt, pad_id=_pad_id(tokenizer, stop_ids), stop_ids=stop_ids)
+        lpm_fn = functools.partial(server_completion_lpm, engine.client, max_concurrency=args.vllm_concurrency)
+    else:
+        model, config = load_pretrained(ckpt, dtype=dtype, mesh=mesh)
+        logger.info("loaded %s (%s) in %.1fs", ckpt, config.model_type, time.perf_counter() - t0)
+        # generation_config.json / config.json EOS ids, plus ChatML's end of turn (the prompts are ChatML).
+        stop_ids = _stop_ids(tokenizer, config, extra=special_token_ids(tokenizer, ckpt).eos_ids)
     out = pathlib.Path(args.out).expanduser()
-    results = evaluate(
-        model, tokenizer, benchmarks, limit=args.limit, out_dir=out, data_dir=args.data_dir,
-        n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed, stop_ids=stop_ids, mesh=mesh,
-        batch_size=args.batch_size, grade_workers=args.grade_workers, grade_timeout=args.grade_timeout,
-        progress=not args.no_progress,
-    )
+    try:
+        results = evaluate(
+            model, tokenizer, benchmarks, limit=args.limit, out_dir=out, data_dir=args.data_dir,
+            summary_extra=protocol_fields, n=args.n, temperature=args.temperature, top_p=args.top_p,
+            top_k=args.top_k, max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed,
+            stop_ids=stop_ids, mesh=mesh, batch_size=args.batch_size, grade_workers=args.grade_workers,
+            grade_timeout=args.grade_timeout, progress=not args.no_progress,
+            chat_template_kwargs=args.chat_template_kwargs or None, require_boxed=args.require_boxed,
+            engine=engine, lpm_fn=lpm_fn,
+        )
+    finally:
+        if engine is not None:
+            engine.close()
     n = args.n
     keys = [f"mean@{n}", f"pass@{n}", f"majority@{n}", f"perplexity_consistency@{n}", "ppl/auc_mean", "ppl/auroc",
             "ppl/ece", "ppl/pce", "ppl/brier"]

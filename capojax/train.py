@@ -2,7 +2,8 @@
 
 Trains with the algorithm named by `config.algo.name` (grpo | drgrpo | gspo | capo | dcpo). Rerunning the same
 command on the same workdir resumes from its latest checkpoint. `--config.dry_run=True` prints the per-device
-memory plan of the configured model and mesh without loading weights.
+memory plan of the configured model and mesh without loading weights; `--config.print_prompt=True` prints the first
+training prompt as the tokenizer renders it (`--config.model.tokenizer_path=DIR`) and exits.
 
 A user mistake (unset model path, misspelt key, wrong value, foreign workdir, impossible mesh, unreachable vLLM
 URL) prints one line `error: ...` and exits with 2; `--verbose` or CAPOJAX_DEBUG=1 shows the traceback. SIGTERM or
@@ -44,6 +45,19 @@ def _maybe_init_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _print_first_prompt(config) -> int:
+    """`--config.print_prompt=True`: the exact first training prompt, through the tokenizer only (no weights)."""
+    from capojax.data.preview import first_training_prompt, format_first_prompt, preview_tokenizer_path
+    from capojax.tokenizer import load_tokenizer
+    from capojax.trainer.loop import check_algorithm_fits_data
+
+    check_algorithm_fits_data(config)
+    tokenizer_dir = preview_tokenizer_path(config.model)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    print(format_first_prompt(config, first_training_prompt(config, tokenizer), tokenizer, tokenizer_dir), flush=True)
+    return 0
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments {argv[1:]}; settings go through --config.KEY=VALUE")
@@ -54,6 +68,8 @@ def main(argv) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("capojax").setLevel(logging.INFO)
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(flags.FLAGS["config"].config_filename).stem)
+    if config.get("print_prompt"):
+        return _print_first_prompt(config)
     if config.dry_run:  # fake the planned mesh's devices on the host when fewer exist (before jax's backend starts)
         from capojax.memory_plan import planned_device_count, request_host_devices
 

@@ -80,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.holdout = 0  # rows held out (from the subset) for validation
     d.max_prompt_len = 1024  # prompts longer than this many tokens are dropped (counted)
     d.template = "qwen-math"  # prompt style for capojax.data.templates.render_prompt ("qwen-math" | "dcpo")
+    d.chat_template_kwargs = ml_collections.ConfigDict()  # extra chat-template variables (Qwen3: enable_thinking)
     d.shuffle_seed = 0  # seed of the per-epoch shuffle of the training prompts
     d.synthetic = ml_collections.ConfigDict()
     d.synthetic.num_problems = 2000  # problems in the synthetic dataset (before hold-out)
@@ -115,14 +116,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.reward = ml_collections.ConfigDict()
     config.reward.timeout = 5.0  # seconds per response for math-verify (a timeout counts as wrong and is logged)
     config.reward.workers = 0  # grader worker processes (0 = min(8, cpu count))
+    config.reward.require_boxed = True  # no \boxed{} answer, no reward (verl); False: math-verify's fallback
 
     config.algo = a = ml_collections.ConfigDict()
     a.name = "grpo"  # key in capojax.objectives.ALGORITHMS: grpo | drgrpo | gspo | capo | dcpo
     a.tau = 0.6  # CAPO: temperature of the logistic surrogate log(1 + exp(-t / tau))
-    a.ref_high = 2.5  # CAPO: correct samples count only if PPL_ref <= ref_high (drops lucky guesses)
-    a.ref_low = 1.05  # CAPO: wrong samples count only if PPL_ref >= ref_low (drops near-misses)
-    a.use_ref_mask = True  # CAPO: apply the reference-perplexity noise mask (False: no reference model is loaded)
-    a.lam = 0.5  # DCPO: weight of the calibration advantage on the confidence tokens
+    a.ref_high = 2.5  # reference-PPL mask: correct samples count only if PPL_ref <= ref_high (drops lucky guesses)
+    a.ref_low = 1.05  # reference-PPL mask: wrong samples count only if PPL_ref >= ref_low (drops near-misses)
+    # Apply the reference-PPL noise mask to any algorithm's advantages; None = the algorithm's own (on for CAPO,
+    # off for the others). Off and kl_coef 0: no reference model is loaded.
+    a.use_ref_mask = ml_collections.FieldReference(None, field_type=bool)  # None = the algorithm's own (above)
+    a.lam = 0.5  # DCPO: calibration target = lam * group accuracy + (1 - lam) * this sample's correctness
     a.clip_low = 0.2  # PPO ratio clip below 1 (1 - clip_low)
     a.clip_high = 0.2  # PPO ratio clip above 1 (1 + clip_high); > clip_low = DAPO's clip-higher
     a.kl_coef = 0.0  # weight of the KL penalty to the reference (0 = off; the reference is still used by CAPO)
@@ -162,6 +166,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.log.num_text_samples = 2  # completions written as text per logged step
 
     config.dry_run = False  # build abstractly, compile, print the per-device memory plan and exit
+    config.print_prompt = False  # print the first training prompt through the tokenizer and exit (no weights)
     config.device_memory_gb = 80.0  # per-device memory the dry-run plan is checked against
     config.plan_devices = 8  # devices of the planned mesh when mesh.fsdp = -1 (fake CPU devices in a dry run)
     config.plan_json = ""  # also write the dry-run plan as JSON to this path ("" = don't)

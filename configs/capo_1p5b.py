@@ -27,7 +27,9 @@ def get_config():
     config.algo.clip_high = 0.2  # PPO clip
     config.algo.kl_coef = 0.0  # no KL penalty
     config.algo.entropy_coef = 0.0  # no entropy bonus
+    config.algo.loss_agg = "token-mean"  # verl's default (the paper trains with verl and names no other)
     config.optim.lr = 1e-6  # constant learning rate
+    config.optim.weight_decay = 0.01  # verl's actor AdamW default (the paper is silent)
     config.train.steps = 600  # RL steps
     config.train.prompts_per_step = 128  # prompts per step
     config.train.ppo_mini_batch = 64  # prompts per optimizer update

@@ -5,6 +5,8 @@ import sys
 
 if str(pathlib.Path(__file__).resolve().parents[1]) not in sys.path:  # repo root, so config_flags can load this from any cwd
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import ml_collections  # noqa: E402
+
 from configs import base  # noqa: E402
 
 
@@ -15,12 +17,14 @@ def get_config():
     config.data.subset_size = 10_000  # a 10k subset, drawn with data.subset_seed
     config.data.holdout = 240  # validation prompts held out from the subset
     config.data.max_prompt_len = 1024  # prompt token limit
-    config.data.template = "dcpo"  # asks for a boxed answer followed by "CONFIDENCE: <p>" (non-thinking)
+    config.data.template = "dcpo"  # asks for a boxed answer followed by "CONFIDENCE: <p>"
+    # Non-thinking: Qwen3's chat template writes the empty "<think>\n\n</think>\n\n" only when this is False.
+    config.data.chat_template_kwargs = ml_collections.ConfigDict({"enable_thinking": False})
     config.rollout.n = 8  # samples per prompt
     config.rollout.max_new_tokens = 3000  # response limit
     config.rollout.temperature = 1.0  # sampling temperature
     config.algo.name = "dcpo"  # accuracy advantage on reasoning tokens, calibration advantage on confidence tokens
-    config.algo.lam = 0.5  # weight of the calibration advantage
+    config.algo.lam = 0.5  # calibration target: half group accuracy, half the sample's own correctness
     config.algo.clip_low = 0.2  # PPO clip below 1
     config.algo.clip_high = 0.28  # clip-higher
     config.algo.kl_coef = 0.001  # KL penalty to the reference

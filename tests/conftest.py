@@ -37,3 +37,28 @@ def tiny_base(tmp_path_factory):
     settings = sft.SFTSettings(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, intermediate_size=128,
                                steps=30, batch_size=16, eval_problems=16)
     return sft.ensure_tiny_base(tmp_path_factory.mktemp("cache"), settings)
+
+
+# The generation-prompt part of Qwen3's chat template (its tool-calling and reasoning-history branches are not
+# used for a system + user turn): the empty think block is written only when enable_thinking is explicitly false.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def qwen3_style_tokenizer_dir(qwen_tokenizer_dir, tmp_path_factory) -> pathlib.Path:
+    """A tokenizer folder (tokenizer.json + tokenizer_config.json) of the real Qwen2.5 vocabulary with Qwen3's
+    `enable_thinking` chat-template branch, as a Qwen3 checkpoint ships it."""
+    from capojax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(qwen_tokenizer_dir)
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    folder = tmp_path_factory.mktemp("qwen3_style_tokenizer")
+    tokenizer.save_pretrained(str(folder))
+    return folder

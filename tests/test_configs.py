@@ -10,8 +10,8 @@ from ml_collections import config_flags
 from capojax.checkpoint import ModelNotFoundError, resolve_model_path
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-NAMES = ["capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "gspo_1p5b", "dcpo_qwen3_8b", "tiny_grpo", "tiny_capo",
-         "tiny_dcpo"]
+NAMES = ["capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "gspo_1p5b", "gspo_7b", "grpo_mask_1p5b", "dcpo_qwen3_8b",
+         "tiny_grpo", "tiny_capo", "tiny_dcpo"]
 
 
 def load(name, *overrides):
@@ -97,3 +97,67 @@ def test_every_base_field_has_a_comment():
     fields = [l for l in body.splitlines() if re.match(r"\s+\w+(\.\w+)+ = ", l) and "ConfigDict()" not in l]
     assert len(fields) > 60
     assert not [l for l in fields if "#" not in l]
+
+
+def test_dcpo_on_a_template_without_confidence_is_a_startup_error():
+    """DCPO declares that it needs a stated confidence; on the plain template every calibration reward would be the
+    constant "unparsed" value (GRPO plus a constant), so the trainer refuses before loading anything."""
+    from capojax.trainer.loop import validate_config
+
+    with pytest.raises(ValueError, match=r"algo.name='dcpo' needs a stated confidence.*template='qwen-math'.*dcpo"):
+        validate_config(load("tiny_dcpo", "--config.data.template=qwen-math"))
+    with pytest.raises(ValueError, match="needs a stated confidence"):
+        validate_config(load("tiny_grpo", "--config.algo.name=dcpo"))
+    validate_config(load("tiny_dcpo"))
+    validate_config(load("dcpo_qwen3_8b"))
+
+
+def test_grpo_on_the_dcpo_template_is_allowed_and_parses_confidence():
+    """DCPO's baseline: GRPO trained on the confidence template; the confidence is parsed (logged), not rewarded."""
+    from capojax.objectives import get_algorithm
+    from capojax.trainer.loop import parses_confidence, validate_config
+
+    c = load("tiny_dcpo", "--config.algo.name=grpo")
+    validate_config(c)
+    assert parses_confidence(get_algorithm("grpo"), c.data)
+    assert parses_confidence(get_algorithm("dcpo"), c.data)
+    assert not parses_confidence(get_algorithm("grpo"), load("tiny_grpo").data)
+    assert get_algorithm("dcpo").needs_confidence
+    assert not any(get_algorithm(n).needs_confidence for n in ("grpo", "drgrpo", "gspo", "capo"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_grades_training_rewards_boxed_only(name):
+    """verl's math reward: the last \\boxed{} or nothing (no free extraction of "the answer is 25")."""
+    assert load(name).reward.require_boxed is True
+
+
+def test_paper_presets_follow_verl_where_the_papers_are_silent():
+    """CAPO trained with verl: token-mean loss aggregation and AdamW weight decay 0.01 (verl's actor defaults);
+    GSPO keeps its paper's sequence mean; the DCPO preset already had both."""
+    for name in ("capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "dcpo_qwen3_8b"):
+        c = load(name)
+        assert (c.algo.loss_agg, c.optim.weight_decay) == ("token-mean", 0.01), name
+    g = load("gspo_1p5b")
+    assert (g.algo.loss_agg, g.optim.weight_decay) == ("seq-mean-token-mean", 0.01)
+
+
+def test_gspo_7b_and_the_mask_only_ablation():
+    from capojax.objectives import get_algorithm
+    from capojax.trainer.loop import algo_overrides
+
+    g = load("gspo_7b")
+    assert (g.model.hf_name, g.algo.name) == ("Qwen/Qwen2.5-Math-7B", "gspo")
+    assert (g.algo.clip_low, g.algo.clip_high) == (3e-4, 4e-4)
+    assert (g.train.steps, g.mesh.fsdp, g.mesh.tp) == (400, 4, 2)
+    m = load("grpo_mask_1p5b")
+    assert (m.algo.name, m.algo.use_ref_mask, m.algo.ref_high, m.algo.ref_low) == ("grpo", True, 2.5, 1.05)
+
+    def reads_reference(c):
+        spec = get_algorithm(c.algo.name)
+        return spec.reads_reference(**algo_overrides(spec.advantage_hparams, c.algo))
+
+    assert reads_reference(m) and reads_reference(load("capo_1p5b"))
+    assert not reads_reference(load("grpo_1p5b"))
+    assert not reads_reference(load("capo_1p5b", "--config.algo.use_ref_mask=False"))
+    assert load("grpo_1p5b").algo.use_ref_mask is None  # None: the algorithm's own choice

@@ -71,6 +71,7 @@ def test_cli_end_to_end(tiny_checkpoint, shared_data, tmp_path):
         folder = out / bench
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["benchmark"] == bench and summary["problems"] == 2 and summary["samples_per_problem"] == 2
+        assert summary["protocol"] == "none" and summary["require_boxed"] is False  # the lenient default, recorded
         rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
         assert len(rows) == 4
         ids = [p.id for p in load_benchmark(bench, limit=2, data_dir=shared_data)]
@@ -99,6 +100,55 @@ def test_cli_end_to_end(tiny_checkpoint, shared_data, tmp_path):
             assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_protocols_set_and_record_the_papers_settings(tiny_checkpoint, qwen3_style_tokenizer_dir, shared_data,
+                                                     tmp_path):
+    """--protocol capo / dcpo fill the sampling and grading settings; summary.json records them, the explicit
+    overrides (here n and max_new_tokens, to keep the test small) and what is not reproduced."""
+    common = ("--benchmarks", "aime24", "--limit", 1, "--n", 2, "--max_new_tokens", 8, "--grade_workers", 0,
+              "--data_dir", shared_data, "--no_progress")
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--protocol", "capo", "--out", tmp_path / "capo", *common)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((tmp_path / "capo" / "aime24" / "summary.json").read_text())
+    assert s["protocol"] == "capo" and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
+    assert s["protocol_settings"] == {"n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8,
+                                      "template": "qwen-math", "require_boxed": True, "chat_template_kwargs": {}}
+    assert (s["temperature"], s["top_p"], s["top_k"], s["samples_per_problem"]) == (1.0, 1.0, 0, 2)
+    assert s["require_boxed"] is True and s["grading"] == "last \\boxed{} only"
+
+    # DCPO: non-thinking Qwen3 (a tokenizer with Qwen3's enable_thinking branch), confidence parsing
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--tokenizer", qwen3_style_tokenizer_dir, "--protocol", "dcpo",
+                    "--out", tmp_path / "dcpo", *common)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    s = json.loads((tmp_path / "dcpo" / "aime24" / "summary.json").read_text())
+    assert s["protocol"] == "dcpo" and s["template"] == "dcpo"
+    assert s["chat_template_kwargs"] == {"enable_thinking": False}
+    assert (s["temperature"], s["top_p"], s["top_k"], s["require_boxed"]) == (0.7, 0.8, 20, False)
+    assert s["protocol_settings"]["max_new_tokens"] == 8 and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
+    assert any("presence_penalty" in d for d in s["protocol_deviations"]) and "dcpo/parse_rate" in s
+
+    # a tokenizer without a chat template cannot switch thinking off: a clear error before any sampling
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--protocol", "dcpo", "--out", tmp_path / "bare", *common)
+    assert proc.returncode == 2 and "need the model's chat template" in proc.stderr and "enable_thinking" in proc.stderr
+
+
+def test_protocol_settings_match_the_presets_and_resolve_in_order():
+    import importlib.util
+
+    from capojax.eval_protocols import DEFAULT_SETTINGS, PROTOCOLS, resolve_settings
+
+    spec = importlib.util.spec_from_file_location("capo_1p5b", REPO / "configs" / "capo_1p5b.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    preset = module.get_config()
+    capo = PROTOCOLS["capo"].settings
+    assert capo["max_new_tokens"] == preset.rollout.max_new_tokens  # "the preset's response limit"
+    assert (capo["n"], capo["temperature"], capo["top_p"]) == (16, preset.rollout.temperature, preset.rollout.top_p)
+    settings, fields = resolve_settings(None, {"n": None, "top_k": 5})
+    assert settings == {**DEFAULT_SETTINGS, "top_k": 5} and fields["protocol"] == "none"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        resolve_settings("rlcr", {})
+
+
 def test_cli_rejects_unknown_benchmark_and_missing_checkpoint(tiny_checkpoint, tmp_path):
     proc = _run_cli("--checkpoint", tiny_checkpoint, "--benchmarks", "aime24,gsm9k", "--out", tmp_path)
     assert proc.returncode == 2 and "unknown benchmark 'gsm9k'" in proc.stderr and "math500" in proc.stderr
@@ -122,6 +172,7 @@ class ScriptedEngine:
 
         start = self.calls  # evaluate_problems calls once per batch of problems; batch_size=1 here
         self.calls += len(prompts)
+        self.prompts = getattr(self, "prompts", []) + [list(p) for p in prompts]
         toks = []
         for i in range(len(prompts)):
             for j in range(params.n):
@@ -210,3 +261,23 @@ def test_teacher_forced_lpm_equals_sampler_logprobs_at_temperature_one(tiny_chec
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
     assert len({round(x, 6) for x in got}) > 1  # different samples, different likelihoods
+
+
+def test_evaluation_prompts_carry_the_chat_template_kwargs(tiny_model, qwen3_style_tokenizer_dir):
+    """The prompt the engine receives under DCPO's protocol ends with Qwen3's empty think block (non-thinking)."""
+    from capojax.data.benchmarks import Problem
+    from capojax.evaluate import evaluate_problems
+    from capojax.tokenizer import load_tokenizer
+
+    model, _ = tiny_model
+    tok = load_tokenizer(qwen3_style_tokenizer_dir)
+    problems = [Problem(id="p0", problem="What is 1 + 1?", gold=("2",))]
+    engine = ScriptedEngine(tok, [["\\boxed{2}\nCONFIDENCE: 0.9"]], pad_id=151643)
+    for kwargs, think in (({"enable_thinking": False}, True), (None, False)):
+        engine.calls, engine.prompts = 0, []
+        result = evaluate_problems(model, tok, problems, n=1, max_new_tokens=16, template="dcpo", engine=engine,
+                                   batch_size=1, grade_workers=0, progress=False, chat_template_kwargs=kwargs)
+        prompt = tok.decode(engine.prompts[0])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") is think
+        assert "CONFIDENCE: <number between 0 and 1>" in prompt
+        assert result.summary["chat_template_kwargs"] == (kwargs or {}) and result.summary["dcpo/parse_rate"] == 1.0

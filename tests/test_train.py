@@ -81,3 +81,23 @@ def test_corrected_command_starts_on_the_workdir_of_a_failed_start(tiny_base, tm
         assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing left behind
     run_cli("tiny_grpo", tmp_path, *args, good)  # before: refused as a "different config" workdir
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_print_prompt_shows_the_dcpo_presets_first_prompt_without_weights(tmp_path, qwen3_style_tokenizer_dir):
+    """A user sees the exact first prompt a preset sends (template, chat kwargs, think block) through the tokenizer
+    they pass; the paper preset has no model path, so loading weights would fail."""
+    rows = [{"problem": f"Compute {i} + {i}.", "answer": str(2 * i)} for i in range(300)]
+    source = tmp_path / "d.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("dcpo_qwen3_8b", tmp_path / "run", f"--config.model.tokenizer_path={qwen3_style_tokenizer_dir}",
+                   f"--config.data.source={source}", "--config.data.subset_size=0", "--config.print_prompt=True")
+    out = proc.stdout
+    assert "chat_template_kwargs: {'enable_thinking': False}" in out and "think block in the prompt: yes" in out
+    prompt = out.split("----- prompt (verbatim) -----\n")[1].split("\n----- end of prompt -----")[0]
+    assert prompt.startswith("<|im_start|>system\n") and "CONFIDENCE: <number between 0 and 1>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert any(f"Compute {i} + {i}." in prompt for i in range(300))
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+    missing = run_cli("dcpo_qwen3_8b", tmp_path / "run", "--config.print_prompt=True", check=False)
+    assert missing.returncode != 0 and "--config.model.tokenizer_path=DIR" in missing.stderr

@@ -162,10 +162,18 @@ def load_benchmark(
         root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         path = root / BENCHMARKS[name]
         if not path.is_file():
+            if data_dir is not None:
+                origin = "the data_dir argument (--data_dir)"
+            elif os.environ.get(DATA_DIR_ENV):
+                origin = f"${DATA_DIR_ENV}"
+            else:
+                origin = f"the default, ../shared/data beside the checkout ({DATA_DIR_ENV} is unset)"
             raise FileNotFoundError(
-                f"benchmark {name!r} expects {path}, which does not exist. Point data_dir= (or the "
-                f"{DATA_DIR_ENV} environment variable) at the folder holding eval/ (see the shared data README), "
-                f"or pass the benchmark file's path instead of its name."
+                f"benchmark {name!r}: its file {BENCHMARKS[name]} is missing from the data dir {root} (taken from "
+                f"{origin}); {path} does not exist. capojax does not ship benchmark files. Set {DATA_DIR_ENV} (or "
+                f"data_dir= / capojax.evaluate --data_dir) to a folder holding eval/ in the layout of "
+                f"../shared/data (see its README), or pass the benchmark file's path instead of its name "
+                f"(e.g. --benchmarks /data/aime24.json)."
             )
     else:
         path = pathlib.Path(key).expanduser()

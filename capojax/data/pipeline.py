@@ -182,13 +182,24 @@ def synthetic_rows(num_problems: int, *, seed: int, min_ops: int, max_ops: int, 
 # ----------------------------------------------------------------------------------------------------
 
 
+def chat_template_kwargs(data_cfg) -> dict[str, Any] | None:
+    """``data_cfg.chat_template_kwargs`` as a plain dict for ``render_prompt`` (None when unset or empty), e.g.
+    ``{"enable_thinking": False}``: Qwen3's template writes its empty think block only when that flag is False."""
+    kwargs = data_cfg.get("chat_template_kwargs") if hasattr(data_cfg, "get") else None
+    if not kwargs:
+        return None
+    return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
+
+
 def build_prompt_data(data_cfg, tokenizer, *, rows: Sequence[Any] | None = None, chunk: int = 2048) -> PromptData:
     """Loads ``data_cfg.source`` (or ``rows``), filters, draws subset + hold-out, renders and tokenises.
 
     ``data_cfg`` needs: source, subset_size, subset_seed, holdout, max_prompt_len, template, and (for the
-    synthetic source) synthetic.{num_problems, seed, min_ops, max_ops, operand_max}."""
+    synthetic source) synthetic.{num_problems, seed, min_ops, max_ops, operand_max}; ``chat_template_kwargs``
+    (optional) goes to the tokenizer's chat template."""
+    template_kwargs = chat_template_kwargs(data_cfg)
     stats: dict[str, Any] = {"source": str(data_cfg.source), "subset_seed": int(data_cfg.subset_seed),
-                             "template": str(data_cfg.template)}
+                             "template": str(data_cfg.template), "chat_template_kwargs": template_kwargs or {}}
     bad_json = 0
     if rows is None:
         if data_cfg.source == "synthetic":
@@ -239,7 +250,8 @@ def build_prompt_data(data_cfg, tokenizer, *, rows: Sequence[Any] | None = None,
     while len(accepted) < want and pos < len(order):
         idx = order[pos : pos + chunk]
         pos += len(idx)
-        prompts = [render_prompt(usable[j][1], tokenizer=tokenizer, style=data_cfg.template) for j in idx]
+        prompts = [render_prompt(usable[j][1], tokenizer=tokenizer, style=data_cfg.template,
+                                 chat_template_kwargs=template_kwargs) for j in idx]
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         for j, text, ids in zip(idx, prompts, encoded):
             if len(accepted) >= want:

@@ -30,6 +30,8 @@ __all__ = [
     "QWEN_MATH_INSTRUCTION",
     "DCPO_INSTRUCTION",
     "PROMPT_STYLES",
+    "CONFIDENCE_STYLES",
+    "asks_for_confidence",
     "build_messages",
     "render_chatml",
     "render_prompt",
@@ -42,6 +44,16 @@ DCPO_INSTRUCTION = (
     " in the format `CONFIDENCE: <number between 0 and 1>`."
 )
 PROMPT_STYLES: dict[str, str] = {"qwen-math": QWEN_MATH_INSTRUCTION, "dcpo": DCPO_INSTRUCTION}
+# Styles whose prompt asks the model to state `CONFIDENCE: <p>`: only their responses carry a confidence to parse,
+# so only they can feed an algorithm that needs one (`AlgorithmSpec.needs_confidence`).
+CONFIDENCE_STYLES: frozenset[str] = frozenset({"dcpo"})
+
+
+def asks_for_confidence(style: str) -> bool:
+    """Whether prompts of `style` ask for a `CONFIDENCE: <p>` line (an unknown style is an error)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {sorted(PROMPT_STYLES)}")
+    return style in CONFIDENCE_STYLES
 
 
 def build_messages(problem: str, *, style: str = "qwen-math") -> list[dict[str, str]]:

@@ -122,8 +122,22 @@ def auc_mean(scores: jax.Array, labels: jax.Array, mask: jax.Array | None = None
 # ----------------------------------------------------------------------------------------------------------
 
 
+# Float32 carries ~7 significant digits: a stated 0.85 is off its edge by ~2e-8, i.e. ~5e-7 bin widths at 20 bins.
+# 1e-4 bin widths absorbs that (and float16-rounded inputs' 1e-3 relative error at coarse bins) while no distinct
+# stated confidence (2-3 decimals) lies that close to an edge it does not sit on.
+_EDGE_TOL = 1e-4
+
+
+def _right_closed_bin(conf: jax.Array, n_bins: int) -> jax.Array:
+    """i32[...]: the bin (i/n, (i+1)/n] of each confidence f32[...], edge values snapped onto their edge first."""
+    scaled = conf * n_bins
+    nearest = jnp.round(scaled)
+    scaled = jnp.where(jnp.abs(scaled - nearest) <= _EDGE_TOL, nearest, scaled)
+    return jnp.clip(jnp.ceil(scaled).astype(jnp.int32) - 1, 0, n_bins - 1)
+
+
 class ReliabilityDiagram(NamedTuple):
-    """Per-bin statistics over `n_bins` equal-width bins of [0, 1].
+    """Per-bin statistics over `n_bins` equal-width bins of [0, 1], closed on the right: (lo, hi].
 
     edges f32[n_bins+1]; count f32[n_bins] (valid samples per bin); confidence f32[n_bins] (mean confidence of
     the bin, NaN when empty); accuracy f32[n_bins] (fraction correct, NaN when empty); total f32[] (valid samples).
@@ -140,8 +154,12 @@ class ReliabilityDiagram(NamedTuple):
 def reliability_diagram(
     conf: jax.Array, correct: jax.Array, mask: jax.Array | None = None, *, n_bins: int = 20
 ) -> ReliabilityDiagram:
-    """Bins conf f32[...] into `n_bins` equal-width bins [i/n, (i+1)/n) (the last bin also holds 1.0).
+    """Bins conf f32[...] into `n_bins` equal-width bins closed on the right, (i/n, (i+1)/n] (the first bin also
+    holds 0.0), as DCPO's evaluation code does.
 
+    Stated confidences sit on multiples of 0.05, exactly on the edges, so the edge test must not depend on how the
+    number arrived: 0.85 as float32 is 0.8500000238 and would otherwise fall into (0.85, 0.9]. A confidence within
+    `_EDGE_TOL` bin widths of an edge counts as on the edge, so 0.85 lands in (0.8, 0.85] in float32 and float64.
     Confidences outside [0, 1] are clipped into the first/last bin (their mean confidence is kept unclipped).
     """
     if n_bins < 1:
@@ -150,7 +168,7 @@ def reliability_diagram(
     correct = jnp.asarray(correct, bool).reshape(-1)
     valid = _valid(conf, None if mask is None else jnp.asarray(mask).reshape(-1))
     safe_conf = jnp.where(valid, conf, 0.0)
-    idx = jnp.clip(jnp.floor(safe_conf * n_bins).astype(jnp.int32), 0, n_bins - 1)
+    idx = _right_closed_bin(safe_conf, n_bins)
     weights = valid.astype(jnp.float32)
     count = jax.ops.segment_sum(weights, idx, num_segments=n_bins)
     conf_sum = jax.ops.segment_sum(weights * safe_conf, idx, num_segments=n_bins)

@@ -18,21 +18,27 @@ A_k = -(1/(G tau)) sum_{i correct} sigmoid((s_k - s_i)/tau) for a wrong k. We ke
 gradient of the contract's L; a write-up that omits it is differentiating tau * phi_tau instead, which only
 rescales every advantage by the constant tau (an effective learning-rate change that Adam largely absorbs but
 gradient clipping and KL/entropy coefficients do not). Two consequences worth knowing: as tau -> infinity,
-2 tau A_capo -> A_drgrpo; and at CAPO's default tau = 0.1 the advantages are 5x Dr.GRPO's for tied scores and up to 10x,
-weighted towards misranked pairs (a wrong sample with high lpm, a correct one with low lpm).
+2 tau A_capo -> A_drgrpo; and at CAPO's default tau = 0.6 the advantages are 0.83x Dr.GRPO's for tied scores
+and up to 1.67x, weighted towards misranked pairs (a wrong sample with high lpm, a correct one with low lpm).
 
 DCPO and the advantage swap
 ---------------------------
-`dcpo_advantages` follows the paper's intent: the reasoning tokens (every response token outside the
-`CONFIDENCE: p` segment) receive only the group-normalised *accuracy* advantage, and the confidence-segment
-tokens receive only the group-normalised *calibration* advantage (minus the squared/absolute error between the
-stated confidence and lam * group_accuracy + (1 - lam) * correct; an unparsed confidence gets the worst reward,
--1). The released DCPO code appears to assign the two the other way round; we do not reproduce that, and
+`dcpo_advantages` follows the paper's intent: the reasoning tokens (every response token outside the `CONFIDENCE:
+p` segment) receive only the group-normalised *accuracy* advantage, and the confidence-segment tokens receive only
+the group-normalised *calibration* advantage (minus the squared/absolute error between the stated confidence and
+lam * group_accuracy + (1 - lam) * correct; `lam` mixes the calibration *target*, it does not weight the
+calibration advantage against the accuracy one). Span: only the tokens of the `CONFIDENCE: p` segment itself get
+the calibration advantage; the released code gives it to every token from the confidence line to the end of the
+response (the same tokens plus whatever trails the number on that line, e.g. a period). An unparsable
+or missing confidence line gets the worst calibration reward, -1: it has no confidence tokens, so the -1 only
+lowers its group's calibration baseline, and all its tokens get the accuracy advantage. The released DCPO code
+appears to assign the two the other way round; we do not reproduce that, and
 `tests/objectives/test_dcpo_advantages.py::test_tokens_get_their_own_advantage_not_swapped` pins the choice.
 """
 
 from capojax.objectives.advantages import (
     ADVANTAGE_ESTIMATORS,
+    REF_MASK_HPARAMS,
     AdvantageInputs,
     broadcast_to_tokens,
     capo_advantages,
@@ -85,6 +91,7 @@ __all__ = [
     "Logistic",
     "Objective",
     "RATIO_LEVELS",
+    "REF_MASK_HPARAMS",
     "SURROGATES",
     "Surrogate",
     "aggregate",

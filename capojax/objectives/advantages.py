@@ -190,7 +190,9 @@ def dcpo_advantages(
     correct bool[B,G], confidence f32[B,G] (NaN = unparsed), response_mask bool[B,G,T], confidence_mask
     bool[B,G,T] (the tokens of the stated `CONFIDENCE: p` segment). The two rewards of `dcpo_rewards` are
     normalised within their group separately (`grpo_advantages(scale=...)`); confidence tokens get only the
-    calibration advantage, every other response token only the accuracy advantage, padding 0.
+    calibration advantage, every other response token only the accuracy advantage, padding 0. `lam` sets the
+    calibration target (see `dcpo_rewards`), not a weight between the two advantages. A row whose confidence did
+    not parse has no confidence tokens: its calibration reward -1 enters only its group's normalisation.
     """
     response_mask = jnp.asarray(response_mask, bool)
     confidence_mask = jnp.asarray(confidence_mask, bool)
@@ -252,8 +254,13 @@ def broadcast_to_tokens(seq_advantages: jax.Array, response_mask: jax.Array) -> 
 AdvantageEstimator = Callable[..., jax.Array]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 # name -> rule(hparams) saying whether the estimator reads AdvantageInputs.ref_ppl with those hyper-parameters:
-# the trainer loads (and runs) a reference model only when some rule says so or the KL penalty is on.
+# the trainer loads (and runs) a reference model only when some rule says so, the reference-PPL mask is on, or
+# the KL penalty is on.
 _READS_REFERENCE: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
+# The reference-perplexity noise mask (`capo_mask`) is not part of any one estimator: `compute_advantages` applies
+# it after whichever estimator runs, so CAPO (on by default) and e.g. GRPO (the CAPO paper's mask-only ablation)
+# share it. These are its hyper-parameters and their defaults (mask off).
+REF_MASK_HPARAMS: Mapping[str, Any] = {"use_ref_mask": False, "ref_high": 2.5, "ref_low": 1.05}
 
 
 def register_advantage_estimator(
@@ -276,11 +283,15 @@ def register_advantage_estimator(
 
 
 def estimator_reads_reference(name: str, hparams: Mapping[str, Any]) -> bool:
-    """Whether ADVANTAGE_ESTIMATORS[name] with `hparams` reads the reference perplexity (AdvantageInputs.ref_ppl)."""
+    """Whether `compute_advantages(name, inputs, **hparams)` reads the reference perplexity (AdvantageInputs.ref_ppl):
+    the reference-PPL mask is on, or the estimator's own rule says so."""
     if name not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}.")
+    if hparams.get("use_ref_mask", REF_MASK_HPARAMS["use_ref_mask"]):
+        return True
     rule = _READS_REFERENCE.get(name)
-    return bool(rule(hparams)) if rule is not None else False
+    own = {k: v for k, v in hparams.items() if k not in REF_MASK_HPARAMS}
+    return bool(rule(own)) if rule is not None else False
 
 
 @register_advantage_estimator("grpo")
@@ -298,21 +309,13 @@ def pairwise_estimator(inputs: AdvantageInputs, *, surrogate: str = "logistic", 
     return broadcast_to_tokens(adv, inputs.response_mask)
 
 
-@register_advantage_estimator("capo", reads_reference=lambda hparams: bool(hparams.get("use_ref_mask", True)))
-def capo_estimator(
-    inputs: AdvantageInputs,
-    *,
-    tau: float,
-    ref_high: float = 2.5,
-    ref_low: float = 1.05,
-    use_ref_mask: bool = True,
-) -> jax.Array:
-    """`capo_advantages` on (correct, lpm), masked by `inputs.ref_ppl` when present and use_ref_mask."""
+@register_advantage_estimator("capo")
+def capo_estimator(inputs: AdvantageInputs, *, tau: float) -> jax.Array:
+    """The logistic pairwise advantage on (correct, lpm); CAPO's noise mask is applied by `compute_advantages`
+    (`use_ref_mask`, on in the "capo" AlgorithmSpec), as for any estimator."""
     correct = _require(inputs, "correct", "capo", "pass the verifier outcomes.")
     scores = _require(inputs, "lpm", "capo", "pass lpm(old_logp, response_mask) of the actor.")
-    ref_ppl = inputs.ref_ppl if use_ref_mask else None
-    adv = capo_advantages(correct, scores, tau=tau, ref_ppl=ref_ppl, ref_high=ref_high, ref_low=ref_low)
-    return broadcast_to_tokens(adv, inputs.response_mask)
+    return broadcast_to_tokens(capo_advantages(correct, scores, tau=tau), inputs.response_mask)
 
 
 @register_advantage_estimator("dcpo")
@@ -328,11 +331,27 @@ def dcpo_estimator(
     )
 
 
-def compute_advantages(name: str, inputs: AdvantageInputs, **hparams: Any) -> jax.Array:
-    """ADVANTAGE_ESTIMATORS[name](inputs, **hparams) with a clear error for an unknown name."""
+def compute_advantages(
+    name: str,
+    inputs: AdvantageInputs,
+    *,
+    use_ref_mask: bool = False,
+    ref_high: float = 2.5,
+    ref_low: float = 1.05,
+    **hparams: Any,
+) -> jax.Array:
+    """ADVANTAGE_ESTIMATORS[name](inputs, **hparams) -> f32[B,G,T], then, with `use_ref_mask`, the reference-PPL
+    noise mask: a sample that `capo_mask(correct, inputs.ref_ppl, ref_high, ref_low)` drops gets advantage 0 on
+    every token (no mask when `inputs.ref_ppl` is None). The mask acts after the estimator, so a dropped sample
+    still counted as every other sample's counterpart (CAPO's convention, whatever the estimator)."""
     if name not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}.")
-    return ADVANTAGE_ESTIMATORS[name](inputs, **hparams)
+    adv = ADVANTAGE_ESTIMATORS[name](inputs, **hparams)
+    if not use_ref_mask or inputs.ref_ppl is None:
+        return adv
+    correct = _require(inputs, "correct", name, "the reference-PPL mask needs the verifier outcomes.")
+    keep = capo_mask(correct, inputs.ref_ppl, ref_high=ref_high, ref_low=ref_low)
+    return jnp.where(keep[..., None], adv, 0.0)
 
 
 __all__ = [
@@ -350,4 +369,5 @@ __all__ = [
     "pairwise_advantages",
     "pairwise_surrogate_loss",
     "register_advantage_estimator",
+    "REF_MASK_HPARAMS",
 ]

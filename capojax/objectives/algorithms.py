@@ -12,8 +12,8 @@ import jax
 
 from capojax.errors import ConfigError
 
-from capojax.objectives.advantages import (ADVANTAGE_ESTIMATORS, AdvantageInputs, compute_advantages,
-                                           estimator_reads_reference)
+from capojax.objectives.advantages import (ADVANTAGE_ESTIMATORS, REF_MASK_HPARAMS, AdvantageInputs,
+                                           compute_advantages, estimator_reads_reference)
 from capojax.objectives.losses import entropy_bonus, kl_penalty, policy_loss
 
 # objective(logp f32[n,T], entropy f32[n,T] | None, batch dict) -> (loss scalar, metrics dict of scalars);
@@ -34,8 +34,13 @@ class AlgorithmSpec:
 
     advantage:         key in ADVANTAGE_ESTIMATORS
     ratio_level:       "token" (PPO/GRPO) or "sequence" (GSPO)
-    advantage_hparams: keyword defaults for the estimator
+    advantage_hparams: keyword defaults for the estimator, plus the reference-PPL mask's (`REF_MASK_HPARAMS`:
+                       use_ref_mask, ref_high, ref_low; off unless the spec turns it on), which any estimator takes
     loss_hparams:      clip_low, clip_high, dual_clip, agg, norm_len, kl_coef, kl_kind, entropy_coef
+    needs_confidence:  the advantages read a stated confidence (AdvantageInputs.confidence / confidence_mask), so
+                       the prompts must ask for a `CONFIDENCE: p` line and the responses must be parsed for it
+                       (DCPO). The trainer refuses such an algorithm on a template that asks for none, instead of
+                       training on a constant "unparsed" calibration reward.
     """
 
     name: str
@@ -43,6 +48,7 @@ class AlgorithmSpec:
     ratio_level: str
     advantage_hparams: Mapping[str, Any]
     loss_hparams: Mapping[str, Any]
+    needs_confidence: bool = False
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGE_ESTIMATORS:
@@ -50,7 +56,7 @@ class AlgorithmSpec:
         unknown = set(self.loss_hparams) - set(_LOSS_KEYS)
         if unknown:
             raise ValueError(f"{self.name}: unknown loss hparams {sorted(unknown)}; known: {list(_LOSS_KEYS)}.")
-        object.__setattr__(self, "advantage_hparams", _frozen(self.advantage_hparams))
+        object.__setattr__(self, "advantage_hparams", _frozen({**REF_MASK_HPARAMS, **self.advantage_hparams}))
         object.__setattr__(self, "loss_hparams", _frozen({**_LOSS_DEFAULTS, **self.loss_hparams}))
 
     def advantages(self, inputs: AdvantageInputs, **overrides: Any) -> jax.Array:
@@ -163,12 +169,13 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         loss_hparams={"clip_low": 3e-4, "clip_high": 4e-4, "agg": "seq-mean-token-mean"},
     ),
     # CAPO: logistic pairwise advantage on lpm with the reference-perplexity noise mask. seq-mean-token-mean
-    # makes the first PPO step the surrogate's gradient through lpm (theorem 7).
+    # makes the first PPO step the surrogate's gradient through lpm (theorem 7); the paper presets use verl's
+    # token-mean (configs/README.md). tau 0.6 is both papers' 1.5B value (0.5 at 7B, set by capo_7b).
     "capo": AlgorithmSpec(
         name="capo",
         advantage="capo",
         ratio_level="token",
-        advantage_hparams={"tau": 0.1, "ref_high": 2.5, "ref_low": 1.05, "use_ref_mask": True},
+        advantage_hparams={"tau": 0.6, "ref_high": 2.5, "ref_low": 1.05, "use_ref_mask": True},
         loss_hparams={"clip_low": 0.2, "clip_high": 0.2, "agg": "seq-mean-token-mean"},
     ),
     # DCPO: accuracy advantage on reasoning tokens, calibration advantage on confidence tokens.
@@ -178,6 +185,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         ratio_level="token",
         advantage_hparams={"lam": 0.5, "error": "squared", "scale": "group_std", "eps": 1e-6},
         loss_hparams={"clip_low": 0.2, "clip_high": 0.2, "agg": "token-mean"},
+        needs_confidence=True,
     ),
 }
 

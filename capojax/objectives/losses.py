@@ -14,6 +14,9 @@ import jax.numpy as jnp
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 RATIO_LEVELS = ("token", "sequence")
 KL_KINDS = ("k1", "k2", "k3")
+# verl's low_var_kl bounds (verl/trainer/ppo/core_algos.py kl_penalty): log-ratio to +-20, the k3 estimate to +-10.
+K3_LOG_RATIO_CLAMP = 20.0
+K3_CLAMP = 10.0
 
 
 def _check_same_shape(**arrays) -> None:
@@ -177,6 +180,9 @@ def kl_per_token(logp: jax.Array, ref_logp: jax.Array, kind: str = "k3") -> jax.
 
     With x = logp - ref_logp = log(pi / pi_ref):  k1 = x (unbiased, can be negative),
     k2 = x^2 / 2 (biased, low variance), k3 = exp(-x) - 1 + x (unbiased, >= 0; GRPO's "low_var_kl").
+    k3 is clamped as verl's `low_var_kl`: the log-ratio to [-20, 20] (so exp cannot overflow into an inf whose
+    zero clamp-gradient would be NaN) and the estimate to [-10, 10] (one token far off the reference cannot
+    dominate the penalty; its gradient is 0 there).
     """
     _check_choice("kind", kind, KL_KINDS)
     x = jnp.asarray(logp, jnp.float32) - jnp.asarray(ref_logp, jnp.float32)
@@ -184,7 +190,8 @@ def kl_per_token(logp: jax.Array, ref_logp: jax.Array, kind: str = "k3") -> jax.
         return x
     if kind == "k2":
         return 0.5 * x * x
-    return jnp.expm1(-x) + x
+    neg = jnp.clip(-x, -K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
+    return jnp.clip(jnp.expm1(neg) - neg, -K3_CLAMP, K3_CLAMP)
 
 
 def kl_penalty(

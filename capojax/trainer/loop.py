@@ -33,6 +33,7 @@ from capojax import checkpoint as ckpt_lib
 from capojax import metrics as metrics_lib
 from capojax import objectives
 from capojax.data import pipeline
+from capojax.data.templates import asks_for_confidence
 from capojax.errors import ConfigError, StoppedBySignal
 from capojax.models import load_pretrained, save_pretrained
 from capojax.rollout.base import RolloutEngine, SamplingParams
@@ -95,6 +96,25 @@ def validate_config(config) -> None:
         raise ConfigError(f"config.train.steps must be positive, got {t.steps}")
     if r.engine not in ROLLOUT_ENGINES:
         raise ConfigError(f"config.rollout.engine={r.engine!r} is not one of {', '.join(ROLLOUT_ENGINES)}")
+    check_algorithm_fits_data(config)
+
+
+def check_algorithm_fits_data(config) -> None:
+    """An algorithm that declares it needs a stated confidence (`AlgorithmSpec.needs_confidence`, DCPO) cannot
+    train on prompts that ask for none: every calibration reward would be the constant "unparsed" value."""
+    spec = objectives.get_algorithm(config.algo.name)
+    if spec.needs_confidence and not asks_for_confidence(config.data.template):
+        raise ConfigError(
+            f"config.algo.name={spec.name!r} needs a stated confidence, but config.data.template="
+            f"{config.data.template!r} does not ask for a CONFIDENCE line. Set --config.data.template=dcpo "
+            f"(or pick an algorithm that does not read confidences, e.g. grpo)."
+        )
+
+
+def parses_confidence(spec, data_cfg) -> bool:
+    """Whether responses are parsed for `CONFIDENCE: p`: when the algorithm needs it, or when the prompts ask for
+    it anyway (e.g. GRPO on the DCPO template, DCPO's baseline: the confidence is logged, not rewarded)."""
+    return spec.needs_confidence or asks_for_confidence(data_cfg.template)
 
 
 def _timer(timings: dict[str, float], name: str):
@@ -299,7 +319,8 @@ class Trainer:
         with _timer(timings, "reward"):
             scores = score_rollout(
                 rollout, prompts.answers, self.tokenizer, timeout=float(config.reward.timeout),
-                workers=int(config.reward.workers) or None, with_confidence=config.data.template == "dcpo", length=T,
+                workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
+                length=T, require_boxed=bool(config.reward.require_boxed),
             )
         correct = scores.correct
 
@@ -474,7 +495,8 @@ class Trainer:
             rollout = self.engine.generate(part.prompt_ids, params)
             scores = score_rollout(
                 rollout, part.answers, self.tokenizer, timeout=float(config.reward.timeout),
-                workers=int(config.reward.workers) or None, with_confidence=config.data.template == "dcpo",
+                workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
+                require_boxed=bool(config.reward.require_boxed),
             )
             # Teacher-forced at temperature 1: the policy's own likelihood, whatever the sampling settings.
             seq = batch_lib.assemble(part.prompt_ids, rollout, pad_id=self.special.pad_id)

@@ -39,12 +39,17 @@ def score_rollout(
     workers: int | None,
     with_confidence: bool,
     length: int | None = None,
+    require_boxed: bool = True,
 ) -> Scores:
-    """`golds[i]` is the gold answer of prompt i; `length` pads the confidence mask to the trainer's T."""
+    """`golds[i]` is the gold answer of prompt i; `length` pads the confidence mask to the trainer's T.
+
+    require_boxed: only the last `\\boxed{}` is graded and a response without one earns 0, as verl's math reward
+    (`config.reward.require_boxed`); False falls back to math-verify's free extraction of the response's tail.
+    """
     rows = [rollout.tokens[r, : rollout.lengths[r]].tolist() for r in range(rollout.num_rows)]
     texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
     row_golds = [golds[int(i)] for i in rollout.prompt_index]
-    result = grade_batch(texts, row_golds, timeout=timeout, workers=workers)
+    result = grade_batch(texts, row_golds, timeout=timeout, workers=workers, require_boxed=require_boxed)
     T = rollout.tokens.shape[1] if length is None else length
     if with_confidence:
         confidence = np.asarray(parse_confidences(texts), np.float32)

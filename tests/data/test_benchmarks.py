@@ -95,6 +95,21 @@ def test_unknown_name_and_missing_file(tmp_path):
         load_benchmark("math500", data_dir=tmp_path)
 
 
+def test_missing_benchmark_file_says_what_and_how_to_fix(tmp_path, monkeypatch):
+    """A clone without ../shared: the error names the missing file, where the data dir came from, and the two
+    fixes (CAPOJAX_DATA_DIR / --data_dir, or a file path)."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        load_benchmark("aime24")
+    msg = str(err.value)
+    for part in ("eval/aime24/deepscaler_aime.json", str(tmp_path), f"${DATA_DIR_ENV}", "--data_dir",
+                 "benchmark file's path instead of its name", "does not ship"):
+        assert part in msg, part
+    monkeypatch.delenv(DATA_DIR_ENV)
+    with pytest.raises(FileNotFoundError, match=r"from the data_dir argument \(--data_dir\)"):
+        load_benchmark("aime24", data_dir=tmp_path)
+
+
 def _write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")

@@ -26,6 +26,20 @@ def data_cfg(source, **kw):
     return c
 
 
+QWEN3_THINK_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def load_config(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def write_jsonl(path, rows, extra_lines=()):
     with open(path, "w") as f:
         for r in rows:
@@ -154,3 +168,24 @@ def test_deepscaler_file_loads_as_is(shared_data, qwen_tokenizer_dir):
     assert (s["train"], s["val"]) == (300, 20)
     assert all(e.answer for e in data.train) and all(len(e.prompt_ids) <= 1024 for e in data.train)
     assert data.train[0].prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_chat_template_kwargs_reach_the_training_prompts(tmp_path, qwen3_style_tokenizer_dir):
+    """DCPO's non-thinking Qwen3: the preset's enable_thinking=False puts the empty think block into every training
+    and validation prompt; without it Qwen3's template leaves the model free to think at length."""
+    from capojax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(qwen3_style_tokenizer_dir)
+    assert tok.chat_template  # the folder's tokenizer_config.json carries the template
+    path = write_jsonl(tmp_path / "d.jsonl", [{"problem": f"Compute {i} + 1.", "answer": str(i + 1)} for i in range(8)])
+    dcpo = load_config("dcpo_qwen3_8b").data
+    dcpo.update(dict(source=str(path), subset_size=0, holdout=2))
+    assert pipeline.chat_template_kwargs(dcpo) == {"enable_thinking": False}
+    data = pipeline.build_prompt_data(dcpo, tok)
+    assert data.stats["chat_template_kwargs"] == {"enable_thinking": False}
+    for e in data.train + data.val:
+        assert e.prompt.endswith(QWEN3_THINK_OFF) and e.problem in e.prompt
+        assert list(e.prompt_ids) == tok(e.prompt, add_special_tokens=False)["input_ids"]
+    thinking = pipeline.build_prompt_data(data_cfg(path, holdout=2, template="dcpo"), tok)
+    assert all(not e.prompt.endswith(QWEN3_THINK_OFF) and e.prompt.endswith("<|im_start|>assistant\n")
+               for e in thinking.train + thinking.val)

@@ -3,6 +3,8 @@ import pytest
 
 from capojax.data.templates import (
     DCPO_INSTRUCTION,
+    PROMPT_STYLES,
+    asks_for_confidence,
     QWEN_MATH_INSTRUCTION,
     build_messages,
     render_chatml,
@@ -79,3 +81,10 @@ def test_build_messages_and_errors():
         render_prompt("  ")
     with pytest.raises(ValueError, match="no chat template"):
         render_prompt(PROBLEM, chat_template_kwargs={"enable_thinking": False})
+
+
+def test_only_the_confidence_style_asks_for_a_confidence():
+    assert {s for s in PROMPT_STYLES if asks_for_confidence(s)} == {"dcpo"}
+    assert all(("CONFIDENCE" in PROMPT_STYLES[s]) == asks_for_confidence(s) for s in PROMPT_STYLES)
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        asks_for_confidence("cot")

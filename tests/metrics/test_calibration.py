@@ -57,13 +57,13 @@ def test_brier_matches_sklearn(case):
 
 
 def _ece_reference(conf, correct, n_bins, over_only=False):
-    """Loop over bins [i/n, (i+1)/n) with 1.0 in the last bin."""
+    """Loop over bins (i/n, (i+1)/n] (DCPO's evaluation code) with 0.0 in the first bin."""
     conf = np.asarray(conf, np.float64)
     correct = np.asarray(correct, np.float64)
     total = 0.0
     for b in range(n_bins):
         lo, hi = b / n_bins, (b + 1) / n_bins
-        sel = (conf >= lo) & ((conf < hi) if b < n_bins - 1 else (conf <= hi))
+        sel = ((conf > lo) if b > 0 else (conf >= lo)) & (conf <= hi)
         if sel.any():
             gap = conf[sel].mean() - correct[sel].mean()
             total += sel.sum() * (max(gap, 0.0) if over_only else abs(gap))
@@ -81,7 +81,7 @@ def _ece_reference(conf, correct, n_bins, over_only=False):
 )
 def test_ece_pce_match_loop_reference(case):
     values, labels = case
-    # Keep values away from bin edges, where float32 vs float64 floor(c * 20) may legitimately differ.
+    # Values within 1e-4 bin widths of an edge are put exactly on it (float32 noise is not a different bin).
     values = [v if abs(v * 20 - round(v * 20)) > 1e-4 else round(v * 20) / 20 for v in values]
     conf, y, mask = _padded(values, labels, fill=1.0)
     got_ece = float(metrics.ece(conf, y, mask))
@@ -104,6 +104,54 @@ def test_ece_pce_hand_computed():
     correct = np.array([True, False, True, False, True, False])
     np.testing.assert_allclose(float(metrics.ece(conf, correct)), 4 / 6 * 0.4, atol=1e-6)
     np.testing.assert_allclose(float(metrics.pce(conf, correct)), 4 / 6 * 0.4, atol=1e-6)
+
+
+def _stated_ece_reference(hundredths, correct, n_bins, over_only=False):
+    """Independent float64 reference for confidences k/100 stated in the text: each bin index comes from exact
+    integer arithmetic (k/100 in (b/n, (b+1)/n]  <=>  b = ceil(k n / 100) - 1), not from a float comparison."""
+    conf = np.asarray(hundredths, np.float64) / 100
+    correct = np.asarray(correct, np.float64)
+    bins = np.array([max(-(-k * n_bins // 100) - 1, 0) for k in hundredths])
+    total = 0.0
+    for b in set(bins.tolist()):
+        sel = bins == b
+        gap = conf[sel].mean() - correct[sel].mean()
+        total += sel.sum() * (max(gap, 0.0) if over_only else abs(gap))
+    return total / len(conf)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, PAD).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.one_of(st.integers(0, 20).map(lambda k: 5 * k), st.integers(0, 100)), min_size=n, max_size=n),
+            st.lists(st.booleans(), min_size=n, max_size=n),
+            st.sampled_from([20, 10]),
+        )
+    )
+)
+def test_stated_confidences_on_bin_edges_bin_alike_in_float32_and_float64(case):
+    """DCPO's stated confidences sit on multiples of 0.05, exactly on the edges of 20 bins. 0.85 as float32 is
+    0.8500000238: it must still land in (0.8, 0.85], the bin its float64 value and the text say."""
+    hundredths, labels, n_bins = case
+    want_ece = _stated_ece_reference(hundredths, labels, n_bins)
+    want_pce = _stated_ece_reference(hundredths, labels, n_bins, over_only=True)
+    for dtype in (np.float32, np.float64):
+        conf = np.zeros(PAD, dtype)
+        conf[: len(hundredths)] = np.asarray(hundredths, np.float64) / 100
+        _, y, mask = _padded(np.zeros(len(hundredths)), labels)
+        np.testing.assert_allclose(float(metrics.ece(conf, y, mask, n_bins=n_bins)), want_ece, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(float(metrics.pce(conf, y, mask, n_bins=n_bins)), want_pce, rtol=0, atol=1e-6)
+
+
+def test_the_audit_case_085_is_in_its_own_bin_as_float32():
+    # 0.85 / 0.9 / 0.95 / 1.0 each close their own bin: ECE = mean |c - y| = (0.85 + 0.1 + 0.95 + 0) / 4.
+    correct = np.array([False, True, False, True])
+    for dtype in (np.float32, np.float64):
+        conf = np.array([0.85, 0.9, 0.95, 1.0], dtype)
+        np.testing.assert_allclose(float(metrics.ece(conf, correct)), 0.475, atol=1e-6)
+        counts = np.asarray(metrics.reliability_diagram(conf, correct).count)
+        assert counts[[16, 17, 18, 19]].tolist() == [1, 1, 1, 1]
 
 
 def test_auroc_hand_computed_and_one_class():
@@ -169,10 +217,11 @@ def test_reliability_diagram_bins():
     d = metrics.reliability_diagram(conf, correct, n_bins=20)
     count = np.asarray(d.count)
     assert count.sum() == 6 and float(d.total) == 6  # the NaN confidence is excluded
-    assert count[0] == 2 and count[1] == 1 and count[10] == 1 and count[19] == 2
+    # Right-closed bins: 0.0, 0.04 and 0.05 share [0, 0.05]; 0.5 closes (0.45, 0.5]; 0.99 and 1.0 share (0.95, 1].
+    assert count[0] == 3 and count[9] == 1 and count[19] == 2 and count.sum() == 6
     np.testing.assert_allclose(np.asarray(d.confidence)[19], 0.995, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(d.accuracy)[[0, 1, 10, 19]], [0.5, 1.0, 0.0, 0.5], atol=1e-7)
-    assert np.isnan(np.asarray(d.accuracy)[2])
+    np.testing.assert_allclose(np.asarray(d.accuracy)[[0, 9, 19]], [2 / 3, 0.0, 0.5], atol=1e-7)
+    assert np.isnan(np.asarray(d.accuracy)[1]) and np.isnan(np.asarray(d.accuracy)[10])
     np.testing.assert_allclose(np.asarray(d.edges), np.linspace(0, 1, 21), atol=1e-7)
 
 

@@ -144,3 +144,31 @@ def test_which_algorithms_read_the_reference():
     unmasked = capo.advantages(inputs, tau=0.6, use_ref_mask=False)
     np.testing.assert_allclose(np.asarray(unmasked), np.asarray(capo.advantages(inputs.replace(ref_ppl=None), tau=0.6)))
     assert not np.allclose(np.asarray(masked), np.asarray(unmasked))
+
+
+def test_the_reference_ppl_mask_works_with_any_estimator():
+    """The CAPO paper's mask-only ablation (GRPO advantages, reference-PPL mask): the mask is a step after the
+    estimator, so any algorithm can turn it on; it then needs the reference model."""
+    inputs, _ = _inputs(3)
+    mask = np.asarray(inputs.response_mask)
+    keep = np.where(np.asarray(inputs.correct), np.asarray(inputs.ref_ppl) <= 2.5, np.asarray(inputs.ref_ppl) >= 1.05)
+    assert not keep.all() and keep.any()
+    for name in ("grpo", "dcpo", "gspo"):
+        spec = get_algorithm(name)
+        assert not spec.reads_reference() and spec.reads_reference(use_ref_mask=True)
+        plain = np.asarray(spec.advantages(inputs))
+        masked = np.asarray(spec.advantages(inputs, use_ref_mask=True))
+        np.testing.assert_array_equal(masked, np.where(keep[..., None], plain, 0.0))
+    grpo = np.asarray(ALGORITHMS["grpo"].advantages(inputs, use_ref_mask=True, ref_high=10.0, ref_low=0.0))
+    np.testing.assert_array_equal(grpo, np.asarray(ALGORITHMS["grpo"].advantages(inputs)))  # thresholds reach it
+    # CAPO through the shared mask equals the direct function with its mask
+    direct = capo_advantages(inputs.correct, inputs.lpm, tau=0.6, ref_ppl=inputs.ref_ppl)
+    np.testing.assert_allclose(ALGORITHMS["capo"].advantages(inputs), np.where(mask, direct[..., None], 0.0),
+                               rtol=1e-6)
+
+
+def test_capo_default_tau_is_the_papers():
+    """Both papers train CAPO with tau 0.6 (1.5B) / 0.5 (7B); the spec's built-in default is 0.6, not 0.1."""
+    assert get_algorithm("capo").advantage_hparams["tau"] == 0.6
+    assert get_algorithm("capo").advantage_hparams["use_ref_mask"] is True
+    assert all(get_algorithm(n).advantage_hparams["use_ref_mask"] is False for n in ("grpo", "drgrpo", "gspo", "dcpo"))

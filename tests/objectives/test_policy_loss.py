@@ -292,6 +292,20 @@ def test_kl_estimators_are_unbiased_or_biased_as_documented():
     np.testing.assert_allclose(float(jnp.sum(pi * kl_per_token(lp, lr, "k2"))), kl, rtol=0.1)
 
 
+def test_k3_is_clamped_like_verls_low_var_kl():
+    """verl's low_var_kl: kl = ref - logp clamped to [-20, 20], then exp(kl) - kl - 1 clamped to [-10, 10]. A token
+    the policy finds far less likely than the reference (x = logp - ref = -5: exp(5) - 6 = 142) counts 10, not 142,
+    and one at x = -100 (exp would overflow float32) gives 10 with a finite (zero) gradient."""
+    x = jnp.array([[-100.0, -5.0, -2.0, 0.0, 3.0, 100.0]])
+    got = np.asarray(kl_per_token(x, jnp.zeros_like(x), "k3"))[0]
+    kl = np.clip(-np.asarray(x, np.float64)[0], -20, 20)
+    want = np.clip(np.exp(kl) - kl - 1, -10, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] == got[1] == 10.0 and got[2] < 10.0
+    grad = jax.grad(lambda lp: jnp.sum(kl_per_token(lp, jnp.zeros_like(lp), "k3")))(x)
+    assert np.all(np.isfinite(grad)) and float(grad[0, 0]) == float(grad[0, 1]) == 0.0 and float(grad[0, 2]) != 0.0
+
+
 def test_kl_penalty_masks_padding_and_reports_metric():
     logp = jnp.array([[0.5, jnp.nan], [0.0, 0.0]])
     ref = jnp.zeros((2, 2))

@@ -173,6 +173,66 @@ def test_greedy_and_stop_tokens(setup):
     assert not out.mask[0, first + 1:].any() and (out.tokens[0, first + 1:] == ENDOFTEXT).all()
 
 
+def test_evaluate_on_the_vllm_engine_matches_the_jax_engine(setup, tmp_path):
+    """`capojax.evaluate --engine vllm` on the checkpoint's server: a greedy run gives the JAX engine's samples,
+    graded and scored alike (equal accuracy), with the temperature-1 log-probs (lpm) computed by the server.
+    Runs before the weight-sync tests, while the server still serves the checkpoint's weights."""
+    import json
+
+    from capojax import evaluate as ev
+
+    bench = tmp_path / "bench.jsonl"
+    golds = ["5", "56", "6"]
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "problem": t, "answer": g}) + "\n"
+                             for i, (t, g) in enumerate(zip(TEXTS, golds))))
+    common = ["--checkpoint", str(setup["ckpt"]), "--benchmarks", str(bench), "--n", "2", "--temperature", "0",
+              "--max_new_tokens", "12", "--grade_workers", "0", "--no_progress"]
+    assert ev.main([*common, "--engine", "jax", "--out", str(tmp_path / "jax")]) == 0
+    assert ev.main([*common, "--engine", "vllm", "--vllm_url", setup["server"].url, "--out",
+                    str(tmp_path / "vllm")]) == 0
+
+    def read(engine):
+        folder = tmp_path / engine / "bench"
+        rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        return json.loads((folder / "summary.json").read_text()), rows
+
+    jax_summary, jax_rows = read("jax")
+    vllm_summary, vllm_rows = read("vllm")
+    assert jax_summary["engine"] == "JaxRolloutEngine" and vllm_summary["engine"] == "VLLMRolloutEngine"
+    assert [r["response"] for r in vllm_rows] == [r["response"] for r in jax_rows]  # the same greedy samples
+    assert [r["tokens"] for r in vllm_rows] == [r["tokens"] for r in jax_rows]
+    assert [r["correct"] for r in vllm_rows] == [r["correct"] for r in jax_rows]
+    assert vllm_summary["mean@2"] == jax_summary["mean@2"] and vllm_summary["pass@2"] == jax_summary["pass@2"]
+    np.testing.assert_allclose([r["lpm"] for r in vllm_rows], [r["lpm"] for r in jax_rows], rtol=0, atol=TOL)
+    print(f"evaluate: mean@2 {jax_summary['mean@2']} on both engines; lpm gap "
+          f"{max(abs(a['lpm'] - b['lpm']) for a, b in zip(jax_rows, vllm_rows)):.2e}")
+
+
+def test_evaluate_launches_its_own_vllm_server(tmp_path, qwen_tokenizer_dir, vllm_python):
+    """Without --vllm_url, `capojax.evaluate --engine vllm` starts a server on the checkpoint (from .venv-vllm beside
+    the checkout), evaluates on it and stops it; the scores are the JAX engine's."""
+    import json
+
+    from capojax import evaluate as ev
+
+    ckpt = tmp_path / "ckpt"
+    save_pretrained(_scaled(init_model(CONFIG, seed=1), 4.0), CONFIG, ckpt, tokenizer_path=qwen_tokenizer_dir)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"id": f"q{i}", "problem": t, "answer": "7"}) + "\n"
+                             for i, t in enumerate(TEXTS)))
+    common = ["--checkpoint", str(ckpt), "--benchmarks", str(bench), "--n", "1", "--temperature", "0",
+              "--max_new_tokens", "8", "--grade_workers", "0", "--no_progress"]
+    assert ev.main([*common, "--engine", "jax", "--out", str(tmp_path / "jax")]) == 0
+    assert ev.main([*common, "--engine", "vllm", "--vllm_python", vllm_python, "--vllm_max_model_len", "256",
+                    "--vllm_cpu_kvcache_gb", "1", "--out", str(tmp_path / "vllm")]) == 0
+    rows = {e: [json.loads(line) for line in (tmp_path / e / "bench" / "samples.jsonl").read_text().splitlines()]
+            for e in ("jax", "vllm")}
+    assert [r["response"] for r in rows["vllm"]] == [r["response"] for r in rows["jax"]]
+    assert [r["correct"] for r in rows["vllm"]] == [r["correct"] for r in rows["jax"]]
+    np.testing.assert_allclose([r["lpm"] for r in rows["vllm"]], [r["lpm"] for r in rows["jax"]], rtol=0, atol=TOL)
+    assert json.loads((tmp_path / "vllm" / "bench" / "summary.json").read_text())["engine"] == "VLLMRolloutEngine"
+
+
 def test_weight_sync_moves_server_logprobs_to_the_trainer(setup):
     engine, tok = setup["engine"], setup["tokenizer"]
     new = _perturbed(setup["model"], seed=1)
