@@ -406,18 +406,18 @@ def memory_plan(config) -> MemoryPlan:
                  "f32": [arr((step_rows, T), jnp.float32) for _ in range(4 if needs_reference else 3)]}
 
     update_fn = make_update_fn(graphdef, optimizer, objective, temperature=temperature, micro_batches=rows // micro,
-                               weight_by_tokens=agg == "token-mean")
+                               weight_by_tokens=agg == "token-mean", mesh=mesh)
     update_mem = _compile("update", update_fn, params, opt_state, minibatch)
 
     step_ids, step_mask, step_pos = token_arrays(step_rows)
     # As the Trainer: the log-prob passes run the step's rows in chunks of at most train.micro_batch rows.
     chunk = int(t.micro_batch) or None
     chunk_rows = step_rows // chunk_count(step_rows, chunk)
-    logprob_fn = make_logprob_fn(graphdef, temperature=temperature, rows_per_chunk=chunk)
+    logprob_fn = make_logprob_fn(graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=mesh)
     logprob_mem = _compile("log-prob", logprob_fn, params, step_ids, step_mask, step_pos, prompt_len=P)
     ref_mem = None
     if needs_reference:
-        ref_fn = make_logprob_fn(ref_graphdef, temperature=temperature, rows_per_chunk=chunk)
+        ref_fn = make_logprob_fn(ref_graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=mesh)
         ref_mem = _compile("ref log-prob", ref_fn, ref_params, step_ids, step_mask, step_pos, prompt_len=P)
 
     kv_total = 2 * qcfg.num_layers * step_rows * L * qcfg.num_kv_heads * qcfg.head_dim * jnp.dtype(compute_dtype).itemsize

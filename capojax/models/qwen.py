@@ -31,6 +31,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capojax.models.config import QwenConfig
+from capojax.sharding import constrain_activations
+
+# Logical axes of the activations that `constrain_activations` pins (see capojax.sharding): rows over fsdp.
+RESIDUAL_AXES = ("batch", None, None)  # [B, T, H]
+LOGITS_AXES = ("batch", None, "vocab")  # [B, T, V]
 
 _INIT_STD = 0.02  # HF initializer_range of the Qwen configs
 
@@ -202,12 +207,14 @@ class Qwen(nnx.Module):
         mask = causal[None] & attention_mask[:, None, :]  # [B, T(query), T(key)]
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         x = self.embed[...][tokens].astype(self.dtype)  # gather, then cast only B*T rows
+        x = constrain_activations(x, RESIDUAL_AXES)
 
         graphdef, state = nnx.split(self.layers)
 
         def body(x, layer_state):
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x, cos, sin, mask), None
+            # Without this, XLA shards the residual stream like the weights' hidden dim and keeps every row.
+            return constrain_activations(layer(x, cos, sin, mask), RESIDUAL_AXES), None
 
         if self.remat:
             body = jax.checkpoint(body, prevent_cse=False)
@@ -220,8 +227,9 @@ class Qwen(nnx.Module):
         return w.astype(self.dtype)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """hidden [..., H] -> logits f32[..., V]."""
-        return jnp.einsum("...h,hv->...v", hidden, self.output_matrix(), preferred_element_type=jnp.float32)
+        """hidden [..., H] -> logits f32[..., V] (rows over fsdp, vocabulary over tp under an activation mesh)."""
+        logits = jnp.einsum("...h,hv->...v", hidden, self.output_matrix(), preferred_element_type=jnp.float32)
+        return constrain_activations(logits, LOGITS_AXES) if logits.ndim == 3 else logits
 
     # ------------------------------------------------------------------ KV-cache decode
 

@@ -12,6 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
+
+from capojax.sharding import activation_mesh
 
 
 def completion_logprobs(
@@ -56,19 +59,22 @@ def chunk_count(rows: int, rows_per_chunk: int | None) -> int:
     return next(k for k in range(-(-rows // rows_per_chunk), rows + 1) if rows % k == 0)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chunk: int | None = None):
+def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chunk: int | None = None,
+                    mesh: Mesh | None = None):
     """A jitted pass `(state, input_ids, attention_mask, positions, prompt_len) -> (logp f32[N,T], entropy f32[N,T])`
     with `prompt_len` static (it is bucketed, so few shapes compile).
 
     The rows go through in sequential chunks of at most `rows_per_chunk` rows (lax.map) so that the
-    [rows, T, V] logits of only one chunk are alive at a time.
+    [rows, T, V] logits of only one chunk are alive at a time. With `mesh`, each chunk's activations and logits
+    are split by rows over its "fsdp" axis (`capojax.sharding.constrain_activations`).
     """
 
     @functools.partial(jax.jit, static_argnames=("prompt_len",))
     def logprob_fn(state, input_ids, attention_mask, positions, prompt_len: int):
         def one_chunk(chunk):
             model = nnx.merge(graphdef, state)
-            return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
+            with activation_mesh(mesh):
+                return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
 
         chunks = chunk_count(input_ids.shape[0], rows_per_chunk)
         parts = tuple(split_rows(x, chunks) for x in (input_ids, attention_mask, positions))

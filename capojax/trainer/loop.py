@@ -179,13 +179,14 @@ class Trainer:
         agg = self._loss_overrides.get("agg", self.spec.loss_hparams["agg"])
         self.update_fn = make_update_fn(
             self.graphdef, self.optimizer, objective, temperature=temperature, micro_batches=micro_batches,
-            weight_by_tokens=agg == "token-mean",
+            weight_by_tokens=agg == "token-mean", mesh=self.mesh,
         )
         chunk = int(t.micro_batch) or None
-        self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk)
+        self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=self.mesh)
         if self.needs_reference:
-            self.ref_logprob_fn = make_logprob_fn(self.ref_graphdef, temperature=temperature, rows_per_chunk=chunk)
-        self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk)
+            self.ref_logprob_fn = make_logprob_fn(self.ref_graphdef, temperature=temperature, rows_per_chunk=chunk,
+                                                 mesh=self.mesh)
+        self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk, mesh=self.mesh)
         self.advantage_fn = jax.jit(functools.partial(self.spec.advantages, **self._adv_overrides))
 
         self.logger = MetricsLogger(self.workdir)
