@@ -29,6 +29,7 @@ from capojax import objectives
 from capojax.data import pipeline
 from capojax.models import load_pretrained, save_pretrained
 from capojax.rollout.base import RolloutEngine, SamplingParams
+from capojax.rollout.layout import trainer_devices
 from capojax.sharding import make_mesh, to_host
 from capojax.tokenizer import load_tokenizer, special_token_ids
 from capojax.trainer import batch as batch_lib
@@ -132,7 +133,7 @@ class Trainer:
         self.spec = objectives.get_algorithm(config.algo.name)
         t = config.train
 
-        self.mesh = make_mesh(int(config.mesh.fsdp), int(config.mesh.tp))
+        self.mesh = make_mesh(int(config.mesh.fsdp), int(config.mesh.tp), trainer_devices(config, jax.devices()))
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config=config)
         self.model_path = ckpt_lib.resolve_model_path(config.model)
@@ -250,6 +251,8 @@ class Trainer:
                 prompts.prompt_ids, self.sampling_params(step, n=G, temperature=float(config.rollout.temperature))
             )
         faults.maybe_kill("rollout", step)
+        if hasattr(self.engine, "sleep"):  # a co-located vLLM server frees its GPU memory until the weight sync
+            self.engine.sleep()
         seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
         T = seq.response_mask.shape[1]
         with _timer(timings, "reward"):
