@@ -15,5 +15,5 @@ def get_config():
     config.algo.clip_low = 3e-4  # GSPO clips the sequence ratio much tighter than PPO's 0.2
     config.algo.clip_high = 4e-4  # GSPO paper's asymmetric range
     config.algo.loss_agg = "seq-mean-token-mean"  # GSPO averages over sequences
-    config.train.micro_batch = 64  # rows per forward/backward chunk: the largest with >= 15% headroom on 8x80 GB (dry-run plan 53%)
+    config.train.micro_batch = 64  # rows per forward/backward chunk: the largest with >= 15% headroom on 8x80 GB (dry-run plan 54%)
     return config

@@ -23,9 +23,9 @@ capojax keeps XLA's defaults.
 Each run is its own process (no compile cache carried between runs), and the two alternate, capojax then TRL,
 `--rounds` times: A B A B. Every run does one warm-up step and `--steps` timed steps. The table has every run and
 the medians: seconds per step, rollout (generation) seconds, update seconds (capojax: the PPO update; TRL: the
-optimizer step's forward/backward, i.e. step time minus `_generate_and_score_completions`), train-pass MFU (6 x
-params x rows x (prompt + new) tokens per update second against the f32 matmul peak that jax measures in this
-process before and after the runs), and TRL's time over capojax's.
+optimizer step's forward/backward, i.e. step time minus `_generate_and_score_completions`), update MFU
+(`train_flops` per update second against the f32 matmul peak that jax measures in this process before and after
+the runs), and TRL's time over capojax's.
 """
 
 from __future__ import annotations
@@ -239,6 +239,15 @@ def run_worker(side: str, args, ckpt: pathlib.Path, prompts) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def train_flops(params: int, vocab: int, args) -> float:
+    """FLOPs of one update (forward + backward = 6 per weight and token): the transformer body over every prompt and
+    completion token, the output head (the tied embedding) over the completion tokens only, which is where both
+    trainers compute logits; the embedding lookup is no matmul. Attention's own FLOPs are left out."""
+    rows = args.prompts * args.n
+    head = vocab * HIDDEN
+    return 6 * (params - head) * rows * (args.prompt_tokens + args.new) + 6 * head * rows * args.new
+
+
 def med(run: dict, key: str) -> float:
     return statistics.median(s[key] for s in run["steps"])
 
@@ -282,8 +291,6 @@ def main(argv=None) -> int:
                       f"s/step", file=sys.stderr, flush=True)
     peak = statistics.median([peak_before, matmul_peak()])
 
-    rows = args.prompts * args.n
-    tokens = rows * (args.prompt_tokens + args.new)
     trl_version = results[next(iter(results))][0][1].get("trl", "?")
     print(f"\nRL step, capojax vs TRL {trl_version} GRPOTrainer: {args.prompts} prompts x {args.n} samples x "
           f"{args.prompt_tokens} prompt + {args.new} new tokens, fp32, no reference, one update per step; "
@@ -301,7 +308,7 @@ def main(argv=None) -> int:
                 step = statistics.median(med(r, "step") for r in runs)
                 rollout = statistics.median(med(r, "rollout") for r in runs)
                 update = statistics.median(med(r, "update") for r in runs)
-                mfu = 6 * runs[0]["params"] * tokens / update / 1e9 / peak
+                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / peak
                 print(f"| {vocab} | {label} | {'capojax' if side == 0 else 'TRL'} | {step:.2f} | {rollout:.2f} | "
                       f"{update:.2f} | {mfu:.0%} | {f'{ratio:.2f}x' if side == 1 else ''} |")
     return 0
