@@ -15,10 +15,10 @@ decode to text and back to exactly the same ids). Both trainers then get:
 - a reward of 0 for every sample (capojax grades the random text with math-verify and finds no boxed answer; TRL
   gets a function returning 0.0), so neither spends anything on rewards beyond that.
 
-Threads: on a loaded machine torch's default OpenMP threads (one per core) spin against the other processes:
-here, transformers' `generate` of the same 16 x 64 tokens took 5.6 s with torch's 2 threads and 0.83 s with one.
-TRL therefore runs with OMP_NUM_THREADS=1 (`--trl-threads`, 0 = torch's default), its faster setting here;
-capojax keeps XLA's defaults.
+Threads: TRL runs with torch's default threads (one per core), its own default and its faster setting on an idle
+machine. On a loaded one those OpenMP threads spin against the other processes (transformers' `generate` of the
+same 16 x 64 tokens once took 5.6 s with torch's 2 threads and 0.83 s with one): `--trl-threads 1` then gives
+TRL its better setting. capojax keeps XLA's defaults.
 
 Each run is its own process (no compile cache carried between runs), and the two alternate, capojax then TRL,
 `--rounds` times: A B A B. Every run does one warm-up step and `--steps` timed steps. The table has every run and
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--micro-batch", type=int, default=0, help="capojax train.micro_batch (0 = the whole batch)")
-    ap.add_argument("--trl-threads", type=int, default=1,
+    ap.add_argument("--trl-threads", type=int, default=0,
                     help="OMP_NUM_THREADS of the TRL runs (0 = torch's default); see the module docstring")
     ap.add_argument("--worker", choices=("capojax", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
