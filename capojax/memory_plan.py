@@ -442,7 +442,8 @@ def memory_plan(config) -> MemoryPlan:
                  "f32": [arr((step_rows, T), jnp.float32) for _ in range(4 if needs_reference else 3)]}
 
     update_fn = make_update_fn(graphdef, optimizer, objective, temperature=temperature, micro_batches=rows // micro,
-                               weight_by_tokens=agg == "token-mean", mesh=mesh)
+                               weight_by_tokens=agg == "token-mean", mesh=mesh,
+                               with_entropy=bool(loss_overrides.get("entropy_coef", spec.loss_hparams["entropy_coef"])))
     update_mem = _compile("update", update_fn, params, opt_state, minibatch)
 
     step_ids, step_mask, step_pos = token_arrays(step_rows)

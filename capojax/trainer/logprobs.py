@@ -25,11 +25,13 @@ def completion_logprobs(
     *,
     prompt_len: int,
     temperature: float = 1.0,
-) -> tuple[jax.Array, jax.Array]:
+    with_entropy: bool = True,
+) -> tuple[jax.Array, jax.Array | None]:
     """Log-prob and entropy of every completion position.
 
-    input_ids, attention_mask, positions: [N, P+T] -> (logp f32[N, T], entropy f32[N, T]).
+    input_ids, attention_mask, positions: [N, P+T] -> (logp f32[N, T], entropy f32[N, T] or None).
     Logits are divided by the sampling temperature so that, at ratio 1, these equal the sampler's log-probs.
+    with_entropy=False skips the entropy: a softmax over the vocabulary that, at 152k, costs as much as the head.
     """
     hidden = model.hidden(input_ids, attention_mask=attention_mask, positions=positions)
     hidden = hidden[:, prompt_len - 1 : -1]
@@ -38,6 +40,8 @@ def completion_logprobs(
     targets = input_ids[:, prompt_len:]
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = target_logits - log_z
+    if not with_entropy:
+        return logp, None
     probs = jax.nn.softmax(logits, axis=-1)
     entropy = log_z - jnp.sum(probs * logits, axis=-1)
     return logp, entropy

@@ -181,6 +181,7 @@ class Trainer:
         self.update_fn = make_update_fn(
             self.graphdef, self.optimizer, objective, temperature=temperature, micro_batches=micro_batches,
             weight_by_tokens=agg == "token-mean", mesh=self.mesh,
+            with_entropy=bool(self._loss_overrides.get("entropy_coef", self.spec.loss_hparams["entropy_coef"])),
         )
         chunk = int(t.micro_batch) or None
         self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=self.mesh)

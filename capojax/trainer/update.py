@@ -34,6 +34,7 @@ def make_update_fn(
     micro_batches: int = 1,
     weight_by_tokens: bool = False,
     mesh: Mesh | None = None,
+    with_entropy: bool = True,
 ):
     """Returns jitted `update(params, opt_state, minibatch, prompt_len) -> (params, opt_state, metrics)`.
 
@@ -45,6 +46,8 @@ def make_update_fn(
     exact for token-mean. Either way the accumulated gradient equals the one-shot gradient of the mini-batch.
     A non-finite loss or gradient leaves params and optimizer state untouched and reports `update/skipped = 1`.
     With `mesh`, each micro-batch's activations and logits are split by rows over its "fsdp" axis.
+    with_entropy=False hands the objective `entropy=None` (no softmax over the vocabulary in the forward; for
+    objectives without an entropy term, which then report no entropy metric).
     """
 
     def micro_loss(params, micro):
@@ -57,6 +60,7 @@ def make_update_fn(
                 micro["positions"],
                 prompt_len=micro["input_ids"].shape[1] - micro["response_mask"].shape[1],
                 temperature=temperature,
+                with_entropy=with_entropy,
             )
         return objective(logp, entropy, micro)
 
