@@ -20,8 +20,14 @@ Where the plan runs: with fewer real devices than the mesh needs, the CLI fakes 
 (`request_host_devices` sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` before jax starts its backend).
 The numbers are then those of XLA:CPU's compiler, whose fusion and scheduling differ from XLA:GPU/TPU; parameter,
 optimizer and batch bytes are exact, temporaries are an estimate (run the dry run on the target machine for the
-backend's own number). The rollout engine's KV cache is not part of this plan (vLLM runs in its own process; the
-JAX sampler's cache is listed as an analytic estimate).
+backend's own number).
+
+The rollout phase (`rollout.engine="jax"`): the sampler runs while the actor, the optimizer state and the reference
+are alive, beside its KV cache (one step's rows, prompt and completion bucketed to powers of two as
+`JaxRolloutEngine` does, rows over fsdp, kv heads over tp), a compute-dtype copy of the weights it decodes with
+and its f32 logits. These are analytic (the sampler is not compiled here) and count in the peak. With
+`rollout.engine="vllm"` the server's share is planned by `capojax.rollout.layout` (its own GPUs or a co-located
+share) and printed below the trainer's table.
 """
 
 from __future__ import annotations
@@ -43,9 +49,12 @@ GB = 1e9
 
 
 def planned_device_count(config) -> int:
-    """Devices the planned mesh needs: fsdp * tp, or `config.plan_devices` (default 8) when fsdp == -1."""
+    """Devices the plan fakes: fsdp * tp, or `config.plan_devices` (default 8) when fsdp == -1 or when a launched
+    vLLM server shares the node (`rollout.vllm_devices` takes GPUs from the node, see capojax.rollout.layout)."""
+    from capojax.rollout.layout import layout_requested
+
     fsdp, tp = int(config.mesh.fsdp), int(config.mesh.tp)
-    if fsdp == -1:
+    if fsdp == -1 or layout_requested(config):
         return int(config.get("plan_devices", DEFAULT_PLAN_DEVICES))
     return fsdp * tp
 
@@ -181,11 +190,26 @@ class MemoryPlan:
     reference: int  # 0 when the algorithm needs no reference
     reference_total: int
     step_batch: int  # the step's rows kept on device during the updates (ids, masks, old/ref log-probs, advantages)
-    kv_cache_jax: int  # analytic: the JAX sampler's KV cache for one step's rollout (not in the total)
+    kv_cache_jax: int  # analytic: the JAX sampler's KV cache for one step's rollout (bucketed shapes)
     update: ProgramMemory
     logprob: ProgramMemory
     ref_logprob: ProgramMemory | None
     budget: int
+    rollout_engine: str = "jax"
+    rollout_rows: int = 0  # rows the JAX sampler decodes at once (bucketed prompt count x rollout.n)
+    rollout_slots: int = 0  # KV-cache slots per row (bucketed prompt length + bucketed completion buffer)
+    decode_weights: int = 0  # the sampler's compute-dtype copy of the actor's weights (0 when dtypes agree)
+    sampler_logits: int = 0  # the sampler's f32 logits of a decode step (a few live copies)
+    server: Any = None  # capojax.rollout.layout.ServerPlan when a launched vLLM server shares the node
+    layout: str | None = None  # the node layout in words (which GPUs / shares the trainer and the server get)
+
+    @property
+    def rollout_peak(self) -> int:
+        """JAX engine: actor + optimizer state + reference stay alive while the sampler holds its cache and
+        decode weights. 0 for the vLLM engine (the server's memory is planned separately)."""
+        if self.rollout_engine != "jax":
+            return 0
+        return self.resident + self.decode_weights + self.kv_cache_jax + self.sampler_logits
 
     @property
     def resident(self) -> int:
@@ -210,11 +234,11 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return max(self.update_peak, self.logprob_peak, self.ref_logprob_peak)
+        return max(self.update_peak, self.logprob_peak, self.ref_logprob_peak, self.rollout_peak)
 
     @property
     def fits(self) -> bool:
-        return self.total <= self.budget
+        return self.total <= self.budget and (self.server is None or self.server.fits)
 
     def rows(self) -> list[tuple[str, int | None, str]]:
         """(what, per-device bytes or None, note) rows of the table."""
@@ -236,25 +260,32 @@ class MemoryPlan:
         ]
         if self.ref_logprob is not None:
             rows.append(("ref log-prob: activations/temp", self.ref_logprob.temp, f"{d['ref']} reference"))
+        if self.rollout_engine == "jax":
+            rows += [
+                ("rollout: KV cache (analytic)", self.kv_cache_jax,
+                 f"{self.rollout_rows} rows x {self.rollout_slots} slots, {d['compute']}"),
+                ("rollout: decode weights + logits", self.decode_weights + self.sampler_logits,
+                 f"{d['compute']} copy of the actor for the sampler; f32 logits of a step"),
+            ]
         rows += [
             ("peak: update phase", self.update_peak, ""),
             ("peak: actor log-prob phase", self.logprob_peak, ""),
         ]
         if self.ref_logprob is not None:
             rows.append(("peak: reference log-prob phase", self.ref_logprob_peak, ""))
-        rows += [
-            ("TOTAL (peak over phases)", self.total,
-             f"{'fits' if self.fits else 'DOES NOT FIT'} in {self.budget / GB:.0f} GB "
-             f"({100 * self.total / self.budget:.0f}%)"),
-            ("(JAX sampler KV cache, analytic)", self.kv_cache_jax,
-             "rollout.engine=jax only; not in the total (vLLM has its own GPU)"),
-        ]
+        if self.rollout_engine == "jax":
+            rows.append(("peak: rollout phase (JAX sampler)", self.rollout_peak, "actor + optimizer + reference live"))
+        trainer_fits = self.total <= self.budget
+        rows.append(("TOTAL (peak over phases)", self.total,
+                     f"{'fits' if trainer_fits else 'DOES NOT FIT'} in {self.budget / GB:.1f} GB "
+                     f"({100 * self.total / self.budget:.0f}%)"))
         return rows
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.update(resident=self.resident, update_peak=self.update_peak, logprob_peak=self.logprob_peak,
-                   ref_logprob_peak=self.ref_logprob_peak, total=self.total, fits=self.fits)
+                   ref_logprob_peak=self.ref_logprob_peak, rollout_peak=self.rollout_peak, total=self.total,
+                   fits=self.fits)
         return out
 
 
@@ -342,9 +373,14 @@ def memory_plan(config) -> MemoryPlan:
             raise ValueError(f"config.model.{key}={name!r} is not a dtype; use one of {sorted(DTYPES)}")
         return DTYPES[name]
 
+    from capojax.rollout import layout as layout_lib
+
     n_dev = planned_device_count(config)
+    # A launched vLLM server on the node: the trainer gets N - k GPUs (dedicated) or a memory share (co-located).
+    layout = layout_lib.node_layout(config, n_dev) if layout_lib.layout_requested(config) else None
+    trainer_devices = layout.trainer_device_count if layout is not None else n_dev
     tp = int(config.mesh.tp)
-    fsdp = int(config.mesh.fsdp) if int(config.mesh.fsdp) != -1 else n_dev // tp
+    fsdp = int(config.mesh.fsdp) if int(config.mesh.fsdp) != -1 else trainer_devices // tp
     devices = jax.devices()
     if len(devices) < fsdp * tp:
         raise RuntimeError(
@@ -406,23 +442,32 @@ def memory_plan(config) -> MemoryPlan:
                  "f32": [arr((step_rows, T), jnp.float32) for _ in range(4 if needs_reference else 3)]}
 
     update_fn = make_update_fn(graphdef, optimizer, objective, temperature=temperature, micro_batches=rows // micro,
-                               weight_by_tokens=agg == "token-mean")
+                               weight_by_tokens=agg == "token-mean", mesh=mesh,
+                               with_entropy=bool(loss_overrides.get("entropy_coef", spec.loss_hparams["entropy_coef"])))
     update_mem = _compile("update", update_fn, params, opt_state, minibatch)
 
     step_ids, step_mask, step_pos = token_arrays(step_rows)
     # As the Trainer: the log-prob passes run the step's rows in chunks of at most train.micro_batch rows.
     chunk = int(t.micro_batch) or None
     chunk_rows = step_rows // chunk_count(step_rows, chunk)
-    logprob_fn = make_logprob_fn(graphdef, temperature=temperature, rows_per_chunk=chunk)
+    logprob_fn = make_logprob_fn(graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=mesh)
     logprob_mem = _compile("log-prob", logprob_fn, params, step_ids, step_mask, step_pos, prompt_len=P)
     ref_mem = None
     if needs_reference:
-        ref_fn = make_logprob_fn(ref_graphdef, temperature=temperature, rows_per_chunk=chunk)
+        ref_fn = make_logprob_fn(ref_graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=mesh)
         ref_mem = _compile("ref log-prob", ref_fn, ref_params, step_ids, step_mask, step_pos, prompt_len=P)
 
-    kv_total = 2 * qcfg.num_layers * step_rows * L * qcfg.num_kv_heads * qcfg.head_dim * jnp.dtype(compute_dtype).itemsize
-    kv_shards = fsdp * (tp if qcfg.num_kv_heads % tp == 0 else 1)
+    sampler = jax_sampler_memory(qcfg, prompts=int(t.prompts_per_step), n=int(r.n), prompt_len=P, new_tokens=T,
+                                 fsdp=fsdp, tp=tp, compute_itemsize=jnp.dtype(compute_dtype).itemsize,
+                                 params_per_device=_bytes_per_device(params),
+                                 param_itemsize=jnp.dtype(param_dtype).itemsize)
     budget = float(config.get("device_memory_gb", DEFAULT_DEVICE_MEMORY_GB))
+    server = None
+    if layout is not None:
+        budget = layout.trainer_budget_gb
+        max_len = int(r.get("vllm_max_model_len", 0) or 0) or L + 1
+        server = layout_lib.plan_server(layout, qcfg, dtype_bytes=4 if str(r.vllm_dtype) == "float32" else 2,
+                                        max_model_len=max_len, step_rows=step_rows)
     return MemoryPlan(
         model=str(config.model.get("hf_name", "") or config.model.get("path", "")) or source, model_source=source,
         num_params=sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params)),
@@ -435,9 +480,36 @@ def memory_plan(config) -> MemoryPlan:
         opt_state=_bytes_per_device(opt_state), opt_state_total=_bytes_total(opt_state),
         reference=_bytes_per_device(ref_params) if needs_reference else 0,
         reference_total=_bytes_total(ref_params) if needs_reference else 0,
-        step_batch=_bytes_per_device(step_tree), kv_cache_jax=int(kv_total // kv_shards),
+        step_batch=_bytes_per_device(step_tree), kv_cache_jax=sampler["kv_cache"],
         update=update_mem, logprob=logprob_mem, ref_logprob=ref_mem, budget=int(budget * GB),
+        rollout_engine=str(r.engine), rollout_rows=sampler["rows"], rollout_slots=sampler["slots"],
+        decode_weights=sampler["decode_weights"], sampler_logits=sampler["logits"], server=server,
+        layout=None if layout is None else layout.describe(),
     )
+
+
+def jax_sampler_memory(qcfg, *, prompts: int, n: int, prompt_len: int, new_tokens: int, fsdp: int, tp: int,
+                       compute_itemsize: int, params_per_device: int, param_itemsize: int) -> dict[str, int]:
+    """Per-device bytes of one step's rollout on `JaxRolloutEngine` (analytic; see the module docstring).
+
+    rows: the prompt count bucketed to a power of two (and a multiple of fsdp) times n; slots: the prompt length
+    and the completion buffer each bucketed to a power of two (minimum 16, as the engine does); kv_cache: keys and
+    values of every layer [rows, kv heads, slots, head_dim] in the compute dtype, rows over fsdp and kv heads over
+    tp when they divide; decode_weights: the compute-dtype copy of the weights (none when the dtypes agree);
+    logits: three f32 [rows, V] buffers (logits, the processed distribution, its CDF) of a decode step.
+    """
+    from capojax.rollout.sampler import bucket
+
+    prompt_bucket = -(-bucket(prompts) // fsdp) * fsdp
+    rows = prompt_bucket * n
+    slots = bucket(prompt_len, 16) + bucket(new_tokens, 16)
+    kv_total = 2 * qcfg.num_layers * rows * slots * qcfg.num_kv_heads * qcfg.head_dim * compute_itemsize
+    kv_shards = fsdp * (tp if qcfg.num_kv_heads % tp == 0 else 1)
+    decode = 0 if compute_itemsize == param_itemsize else params_per_device * compute_itemsize // param_itemsize
+    vocab_shards = tp if qcfg.vocab_size % tp == 0 else 1
+    logits = 3 * (rows // fsdp) * (qcfg.vocab_size // vocab_shards) * 4
+    return {"rows": rows, "slots": slots, "kv_cache": int(kv_total // kv_shards), "decode_weights": int(decode),
+            "logits": int(logits)}
 
 
 def _compile(name: str, fn, *args, **static) -> ProgramMemory:
@@ -492,6 +564,11 @@ def suggestions(plan: MemoryPlan) -> list[str]:
     if plan.mesh["tp"] == 1 and plan.micro_batch_rows == fsdp and not plan.fits:
         out.append("--config.mesh.tp=2 (or 4) splits the vocabulary logits and MLP activations of each row across "
                    "devices once micro-batches are down to one row per device")
+    if plan.rollout_peak > budget:
+        out.append(f"the JAX sampler's rollout phase needs {plan.rollout_peak / GB:.1f} GB (KV cache "
+                   f"{plan.kv_cache_jax / GB:.1f} GB for {plan.rollout_rows} rows x {plan.rollout_slots} slots): fewer "
+                   f"prompts per step (--config.train.prompts_per_step), or --config.rollout.engine=vllm with "
+                   f"--config.rollout.vllm_devices=K (the server on its own GPUs)")
     if not plan.fits and plan.response_len > 2048:
         out.append(f"shorter responses (--config.rollout.max_new_tokens): temporaries grow with the sequence length "
                    f"({plan.seq_len} tokens now)")
@@ -527,16 +604,24 @@ def format_plan(plan: MemoryPlan) -> str:
         if what.startswith("TOTAL") or what.startswith("peak: update"):
             lines.append(f"{'-' * 36} {'-' * 9}")
         lines.append(f"{what:<36} {'' if value is None else f'{value / GB:9.2f}'}  {note}".rstrip())
+    if plan.server is not None:
+        lines.append(f"{'-' * 36} {'-' * 9}")
+        for what, value, note in plan.server.rows():
+            lines.append(f"{what:<36} {value / GB:9.2f}  {note}")
+        lines.append(f"{'vLLM server':<36} {'':>9}  {'fits' if plan.server.fits else 'DOES NOT FIT'} "
+                     f"(weights + one full-length sequence of KV cache)")
+    if plan.layout is not None:
+        lines.insert(2, f"node layout: {plan.layout}")
     lines.append("")
     lines.append("temporaries come from XLA's memory analysis of the compiled programs on this backend "
                  f"({_backend_name()}); params, optimizer state and batches are exact.")
     if activations_replicated(plan):
         lines.append(
-            f"note: the log-prob pass keeps the f32 logits of all {plan.logprob_chunk_rows} rows of a chunk on every "
-            f"device ({_chunk_logits_per_device(plan) / GB:.1f} GB, vocabulary split over tp): XLA did not "
-            f"split the activations over the {plan.mesh['fsdp']} fsdp devices (it follows the parameters' hidden-dim "
-            f"sharding instead); a batch-over-fsdp sharding constraint on the residual stream would divide the "
-            f"temporaries by up to {plan.mesh['fsdp']}.")
+            f"note: the log-prob pass's temporaries ({plan.logprob.temp / GB:.1f} GB) are as large as the f32 logits "
+            f"of all {plan.logprob_chunk_rows} rows of a chunk ({_chunk_logits_per_device(plan) / GB:.1f} GB, "
+            f"vocabulary split over tp): either XLA did not split the activations over the {plan.mesh['fsdp']} fsdp "
+            f"devices (capojax.sharding.constrain_activations pins the rows to fsdp), or a chunk is large for this "
+            f"mesh; a smaller train.micro_batch shrinks them.")
     advice = suggestions(plan)
     if advice:
         lines.append("does not fit; try:" if not plan.fits else "headroom / further options:")

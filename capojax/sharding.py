@@ -28,10 +28,19 @@ Divisibility fallback: a dimension whose size is not a multiple of its mesh axis
 their head dim (each tp rank computes both kv heads, which is cheap) while q heads (12) and the MLP are split.
 XLA would otherwise need padded uneven shards, which `jax.device_put` refuses. The fallback is per dimension,
 so the other dims of the same parameter are still sharded. A mesh axis is also used at most once per array.
+
+Activations: left alone, XLA propagates the parameters' sharding into the forward pass, so the residual stream
+[B, T, H] follows the weights' hidden dim over fsdp and every device ends up holding all B rows of the
+activations and of the [B, T, V] logits (the 7B plan: 56 GB per device at 8 rows per micro-batch).
+`constrain_activations` pins the batch dim of the residual stream and of the logits to "fsdp" (and the
+logits' vocabulary to "tp"), so each device keeps B/fsdp rows and all-gathers one layer's weights instead. It
+reads the mesh from the tracing context (`activation_mesh(mesh)`, or `jax.set_mesh(mesh)` around a call) and is
+a no-op without one, so single-device code and the sampler are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import jax
@@ -130,6 +139,24 @@ def cache_sharding(mesh: Mesh, num_kv_heads: int, batch: int) -> NamedSharding:
     spec = logical_to_spec((None, "batch", "cache_len", "kv_heads", "head_dim"),
                            (1, batch, 1, num_kv_heads, 1), mesh)
     return NamedSharding(mesh, spec)
+
+
+def activation_mesh(mesh: Mesh | None):
+    """Context under which `constrain_activations` shards activations over `mesh` (nullcontext for None).
+    Enter it inside a jitted function's body (it sets the abstract mesh of the trace)."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def constrain_activations(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """`x` with a sharding constraint from its dims' logical names (e.g. ("batch", None, None) for the residual
+    stream [B, T, H]) on the mesh of the tracing context; unchanged when there is none. Dims that do not divide
+    their mesh axis stay replicated (`logical_to_spec`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "fsdp" not in mesh.axis_names:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
 
 
 def to_host(x) -> np.ndarray:

@@ -70,6 +70,10 @@ def main(argv) -> int:
     workdir = _WORKDIR.value or os.path.join("runs", pathlib.Path(flags.FLAGS["config"].config_filename).stem)
     if config.get("print_prompt"):
         return _print_first_prompt(config)
+    if not config.dry_run:  # GPU node + launched vLLM server: the trainer's GPUs / memory share, before jax starts
+        from capojax.rollout.layout import apply_trainer_environment
+
+        apply_trainer_environment(config)
     if config.dry_run:  # fake the planned mesh's devices on the host when fewer exist (before jax's backend starts)
         from capojax.memory_plan import planned_device_count, request_host_devices
 

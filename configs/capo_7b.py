@@ -14,7 +14,7 @@ def get_config():
     base.paper_model(config, "qwen2.5-math-7b")
     config.algo.tau = 0.5  # sharper surrogate for the larger model
     config.train.steps = 400  # RL steps
-    config.train.micro_batch = 8  # rows per forward/backward chunk: fits 8x80 GB (see --config.dry_run=True)
+    config.train.micro_batch = 32  # rows per forward/backward chunk: the largest with >= 15% headroom on 8x80 GB (dry-run plan 84%)
     config.mesh.fsdp = 4  # 4-way FSDP x 2-way tensor parallel: the 8x80 GB plan that fits
     config.mesh.tp = 2  # tensor-parallel degree
     return config

@@ -12,5 +12,5 @@ from configs import capo_1p5b  # noqa: E402
 def get_config():
     config = capo_1p5b.get_config()
     config.algo.name = "grpo"  # (r - mean) / std advantage
-    config.train.micro_batch = 8  # rows per forward/backward chunk: fits 8x80 GB (see --config.dry_run=True)
+    config.train.micro_batch = 64  # rows per forward/backward chunk: the largest with >= 15% headroom on 8x80 GB (dry-run plan 54%)
     return config

@@ -20,5 +20,5 @@ def as_gspo(config):
 
 def get_config():
     config = as_gspo(capo_1p5b.get_config())
-    config.train.micro_batch = 8  # rows per forward/backward chunk: fits 8x80 GB (see --config.dry_run=True)
+    config.train.micro_batch = 64  # rows per forward/backward chunk: the largest with >= 15% headroom on 8x80 GB (dry-run plan 54%)
     return config

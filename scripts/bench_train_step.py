@@ -3,8 +3,8 @@ in the same run.
 
     .venv/bin/python scripts/bench_train_step.py [--config configs/tiny_grpo.py] [--steps 5] [--prompts 2 --n 8 --new 64]
 
-The default shape, 2 prompts x 8 samples x 64 new tokens, is TRL GRPOTrainer's reference step on this CPU
-(~0.7 s per step of 16 samples x 64 tokens, quoted, not run here). Model FLOPs count 2 x params per token for
+The default shape, 2 prompts x 8 samples x 64 new tokens, is the one scripts/bench_vs_trl.py runs side by side
+with TRL's GRPOTrainer (same checkpoint and prompt ids, alternating runs). Model FLOPs count 2 x params per token for
 every forward token (sampling, old log-probs, reference) and 6 x params per trained token (forward + backward);
 attention FLOPs are left out, as is usual for MFU.
 """
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     print(f"| {'model GFLOP/s':<28} | {achieved:>10.2f} |")
     print(f"| {'matmul peak GFLOP/s (f32)':<28} | {peak_mid:>10.1f} |")
     print(f"| {'MFU':<28} | {achieved / peak_mid:>10.2%} |")
-    print("\npeer (quoted, not run): TRL GRPOTrainer ~0.7 s/step for 16 samples x 64 tokens on this CPU")
+    print("\nagainst TRL's GRPOTrainer on the same shapes: scripts/bench_vs_trl.py")
     return 0
 
 

@@ -172,3 +172,29 @@ def test_cli_dry_run_full_size_1p5b():
     total = [line for line in out.stdout.splitlines() if line.startswith("TOTAL")]
     assert len(total) == 1 and float(total[0].split()[4]) > 3 * 1.54 * 4 / 8  # params + Adam at least
     assert np.isfinite(float(total[0].split()[4]))
+
+
+def test_rollout_phase_of_the_jax_sampler_counts_in_the_peak(plan):
+    # SMALL on fsdp=4 x tp=2, float32 compute: 8 prompts (a power of two, a multiple of fsdp) x n=4 = 32 rows;
+    # prompt 8 and completion 8 tokens each bucketed to 16 -> 32 slots; 1 kv head (not split over tp=2).
+    assert (plan.rollout_rows, plan.rollout_slots) == (32, 32)
+    assert plan.kv_cache_jax == 2 * SMALL.num_layers * 32 * 32 * 1 * SMALL.head_dim * 4 // 4
+    assert plan.decode_weights == 0  # compute dtype == param dtype: the sampler casts nothing
+    assert plan.sampler_logits == 3 * (32 // 4) * (SMALL.vocab_size // 2) * 4
+    assert plan.rollout_peak == plan.resident + plan.kv_cache_jax + plan.sampler_logits
+    big_cache = dataclasses.replace(plan, kv_cache_jax=10 * plan.total)
+    assert big_cache.total == big_cache.rollout_peak  # the rollout phase is a phase like the others
+    assert "peak: rollout phase (JAX sampler)" in mp.format_plan(big_cache)
+    assert "fewer prompts per step" in mp.format_plan(dataclasses.replace(big_cache, budget=plan.total))
+    vllm = dataclasses.replace(big_cache, rollout_engine="vllm")  # the server holds its own KV cache
+    assert vllm.rollout_peak == 0 and vllm.total == plan.total
+
+
+def test_bf16_sampler_decodes_with_a_half_size_copy_of_f32_weights():
+    from capojax.memory_plan import jax_sampler_memory
+
+    got = jax_sampler_memory(PRESETS["qwen2.5-math-7b"], prompts=128, n=8, prompt_len=1024, new_tokens=3072, fsdp=4,
+                             tp=2, compute_itemsize=2, params_per_device=1000, param_itemsize=4)
+    assert got["decode_weights"] == 500
+    assert (got["rows"], got["slots"]) == (1024, 1024 + 4096)  # the completion buffer is bucketed to 4096
+    assert got["kv_cache"] == 2 * 28 * 1024 * 5120 * 4 * 128 * 2 // 8

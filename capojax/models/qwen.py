@@ -15,8 +15,9 @@ Structure (HF names in brackets, see `hf.py` for the exact table):
     lm_head      [H, V]  (absent when tie_word_embeddings: logits use embed.T)
 
 The layers are created with `nnx.vmap` (one Block per layer, stacked) and run with `jax.lax.scan` over the stacked
-state, so a 28-layer model traces and compiles one layer. Each parameter carries logical axis names in its
-`out_sharding` metadata (eager sharding off: names are logical, `capojax.sharding` maps them onto the mesh).
+state, so a 28-layer model traces and compiles one layer (stacks of up to 8 layers are unrolled, see
+`UNROLL_LAYERS_UP_TO`). Each parameter carries logical axis names in its `out_sharding` metadata (eager sharding
+off: names are logical, `capojax.sharding` maps them onto the mesh). Projections are single 2-D matmuls (`dense`).
 
 Numerics follow transformers: RMSNorm in float32 then cast back, RoPE with the rotate_half convention, attention
 softmax in float32, logits returned in float32.
@@ -24,6 +25,7 @@ softmax in float32, logits returned in float32.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -31,6 +33,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capojax.models.config import QwenConfig
+from capojax.sharding import constrain_activations
+
+# Logical axes of the activations that `constrain_activations` pins (see capojax.sharding): rows over fsdp.
+RESIDUAL_AXES = ("batch", None, None)  # [B, T, H]
+LOGITS_AXES = ("batch", None, "vocab")  # [B, T, V]
+# Layer stacks up to this depth run unrolled in the full-sequence forward: XLA:CPU then fuses across layers and skips
+# the scan's per-layer residual copies (the tiny models' update pass is ~10 % faster); deeper models keep the scan,
+# which compiles one layer whatever the depth.
+UNROLL_LAYERS_UP_TO = 8
 
 _INIT_STD = 0.02  # HF initializer_range of the Qwen configs
 
@@ -76,6 +87,16 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
     return x * cos + rotated * sin
+
+
+def dense(x: jax.Array, w: jax.Array, contract: int = 1, preferred_element_type=None) -> jax.Array:
+    """x [..., *in] times w [*in, *out] -> [..., *out], `in` being x's last `contract` dims, as ONE 2-D matmul
+    [rows, prod(in)] x [prod(in), prod(out)]. Same product as the einsum; XLA:CPU runs the backward's weight
+    gradient of a 3-D activation (contracting batch and time together) about twice as slow as the 2-D one."""
+    k = math.prod(x.shape[x.ndim - contract:])
+    lead, out = x.shape[: x.ndim - contract], w.shape[contract:]
+    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=preferred_element_type)
+    return y.reshape(*lead, *out)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -124,9 +145,9 @@ class Block(nnx.Module):
         """x: [B, T, H] -> q [B, T, nH, D], k, v [B, T, nKV, D] (rope applied to q and k)."""
         c, dt = self.config, self.dtype
         y = rms_norm(x, self.attn_norm[...], c.rms_norm_eps)
-        q = jnp.einsum("bth,hnd->btnd", y, self.q_proj[...].astype(dt))
-        k = jnp.einsum("bth,hnd->btnd", y, self.k_proj[...].astype(dt))
-        v = jnp.einsum("bth,hnd->btnd", y, self.v_proj[...].astype(dt))
+        q = dense(y, self.q_proj[...].astype(dt))  # [B, T, nH, D]
+        k = dense(y, self.k_proj[...].astype(dt))
+        v = dense(y, self.v_proj[...].astype(dt))
         if c.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -139,11 +160,11 @@ class Block(nnx.Module):
     def finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
         """Residual after attention, then the SwiGLU MLP block. x: [B, T, H], attn_out: [B, T, nH, D]."""
         c, dt = self.config, self.dtype
-        x = x + jnp.einsum("btnd,ndh->bth", attn_out, self.o_proj[...].astype(dt))
+        x = x + dense(attn_out, self.o_proj[...].astype(dt), contract=2)
         y = rms_norm(x, self.mlp_norm[...], c.rms_norm_eps)
-        gate = y @ self.gate_proj[...].astype(dt)
-        up = y @ self.up_proj[...].astype(dt)
-        return x + (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(dt)
+        gate = dense(y, self.gate_proj[...].astype(dt))
+        up = dense(y, self.up_proj[...].astype(dt))
+        return x + dense(jax.nn.silu(gate) * up, self.down_proj[...].astype(dt))
 
     def __call__(self, x, cos, sin, mask):
         """Full-sequence layer. x: [B, T, H]; mask: bool[B, T, T]."""
@@ -202,16 +223,19 @@ class Qwen(nnx.Module):
         mask = causal[None] & attention_mask[:, None, :]  # [B, T(query), T(key)]
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         x = self.embed[...][tokens].astype(self.dtype)  # gather, then cast only B*T rows
+        x = constrain_activations(x, RESIDUAL_AXES)
 
         graphdef, state = nnx.split(self.layers)
 
         def body(x, layer_state):
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x, cos, sin, mask), None
+            # Without this, XLA shards the residual stream like the weights' hidden dim and keeps every row.
+            return constrain_activations(layer(x, cos, sin, mask), RESIDUAL_AXES), None
 
         if self.remat:
             body = jax.checkpoint(body, prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, state)
+        unroll = self.config.num_layers <= UNROLL_LAYERS_UP_TO
+        x, _ = jax.lax.scan(body, x, state, unroll=unroll)
         return rms_norm(x, self.norm[...], self.config.rms_norm_eps)
 
     def output_matrix(self) -> jax.Array:
@@ -220,8 +244,9 @@ class Qwen(nnx.Module):
         return w.astype(self.dtype)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """hidden [..., H] -> logits f32[..., V]."""
-        return jnp.einsum("...h,hv->...v", hidden, self.output_matrix(), preferred_element_type=jnp.float32)
+        """hidden [..., H] -> logits f32[..., V] (rows over fsdp, vocabulary over tp under an activation mesh)."""
+        logits = dense(hidden, self.output_matrix(), preferred_element_type=jnp.float32)
+        return constrain_activations(logits, LOGITS_AXES) if logits.ndim == 3 else logits
 
     # ------------------------------------------------------------------ KV-cache decode
 

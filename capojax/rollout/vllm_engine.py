@@ -232,6 +232,38 @@ class VLLMClient:
         return np.asarray(values, np.float32)
 
 
+def launch_config(config: Any, checkpoint_dir: str, layout: Any = None):
+    """The `ServerConfig` of a server the trainer launches (`rollout.vllm_launch`). With a node `layout`
+    (`capojax.rollout.layout`, GPU nodes): its GPUs (CUDA_VISIBLE_DEVICES), tensor-parallel size, memory share
+    and sleep mode, after checking that the server's weights and one full-length sequence fit that share."""
+    from capojax.rollout.vllm_server import ServerConfig
+
+    r = config.rollout
+
+    def get(key, default):
+        value = r.get(key, default) if hasattr(r, "get") else getattr(r, key, default)
+        return default if value is None else value
+
+    max_len = int(get("vllm_max_model_len", 0)) or (int(config.data.max_prompt_len) + int(r.max_new_tokens) + 1)
+    dtype = str(get("vllm_dtype", "float32"))
+    settings: dict[str, Any] = {"gpu_memory_utilization": float(get("vllm_gpu_memory_utilization", 0.0)) or 0.5}
+    if layout is not None:
+        from capojax.models import QwenConfig
+        from capojax.rollout import layout as layout_lib
+
+        plan = layout_lib.plan_server(layout, QwenConfig.from_json(checkpoint_dir),
+                                      dtype_bytes=4 if dtype == "float32" else 2, max_model_len=max_len,
+                                      step_rows=int(config.train.prompts_per_step) * int(r.n))
+        layout_lib.refuse_if_not_fitting(plan, layout)
+        settings = {"gpu_memory_utilization": layout.server_utilization,
+                    "tensor_parallel_size": layout.tensor_parallel_size,
+                    "env": tuple(layout.server_environment().items()), "extra_args": layout.server_extra_args()}
+    return ServerConfig(
+        model=checkpoint_dir, python=str(get("vllm_python", "")) or None, dtype=dtype, max_model_len=max_len,
+        cpu_kvcache_gb=int(get("vllm_cpu_kvcache_gb", 2)), enforce_eager=bool(get("vllm_enforce_eager", False)),
+        seed=int(config.train.seed), **settings)
+
+
 def prompt_seed(seed: int, prompt_index: int, n: int) -> int:
     """The request seed of one prompt: a hash of (seed, prompt index) in [0, 2^31 - n), so that the n child
     seeds vLLM derives (seed + j) stay in range and prompts of one call do not share a random stream."""
@@ -263,7 +295,7 @@ class VLLMRolloutEngine:
                  logp_gap_tolerance: float = 2e-3, sync_dtype=None, max_concurrency: int = 64,
                  request_timeout: float = 600.0, max_retries: int = 3, backoff: float = 1.0,
                  health_interval: float = 5.0, health_timeout: float = 10.0, health_failures: int = 3,
-                 seeded: bool = True):
+                 seeded: bool = True, sleep_mode: bool = False):
         self.client = VLLMClient(base_url, server=server, timeout=request_timeout, max_retries=max_retries,
                                  backoff=backoff)
         self.server = server
@@ -276,6 +308,8 @@ class VLLMRolloutEngine:
         self.health_timeout = float(health_timeout)
         self.health_failures = int(health_failures)
         self.seeded = seeded
+        self.sleep_mode = sleep_mode  # the server was started with --enable-sleep-mode (co-located GPUs)
+        self._asleep = False
         self._pool = cf.ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="vllm-request")
         self._closed = False
         self.weight_sync: WeightSync | None = None
@@ -292,9 +326,11 @@ class VLLMRolloutEngine:
         Reads `config.rollout` keys (missing ones take the defaults in brackets):
           vllm_url ["http://127.0.0.1:8000"]  a running sidecar (scripts/serve_vllm.py --model <checkpoint>)
           vllm_launch [False]  start a sidecar on `checkpoint_dir` instead (on a free port; stopped by close())
-          vllm_python [""], vllm_dtype ["float32"], vllm_gpu_memory_utilization [0.5], vllm_cpu_kvcache_gb [2],
+          vllm_python [""], vllm_dtype ["float32"], vllm_gpu_memory_utilization [0 = by layout], vllm_cpu_kvcache_gb [2],
           vllm_max_model_len [0 = data.max_prompt_len + rollout.max_new_tokens], vllm_enforce_eager [False]
-                                launch settings (see ServerConfig)
+                                launch settings (see ServerConfig, `launch_config`)
+          vllm_devices [0], vllm_tensor_parallel_size [0], trainer_memory_fraction [0.55], vllm_sleep [True]
+                                the GPU layout of trainer and server (capojax.rollout.layout; GPU nodes only)
           vllm_logp_tol [2e-3]  probe tolerance of the weight sync (float32 server; ~0.2 for bf16)
           vllm_timeout [600], vllm_max_concurrency [64], vllm_sync_dir ["" = /dev/shm]
         Then it makes sure the server serves the actor's weights: when the probe gap exceeds the tolerance
@@ -307,18 +343,15 @@ class VLLMRolloutEngine:
             return default if value is None else value
 
         server = None
+        sleep_mode = False
         url = str(get("vllm_url", "") or "")
         if bool(get("vllm_launch", False)) or not url:
-            from capojax.rollout.vllm_server import ServerConfig, launch_vllm_server
+            from capojax.rollout.layout import server_layout
+            from capojax.rollout.vllm_server import launch_vllm_server
 
-            max_len = int(get("vllm_max_model_len", 0)) or (
-                int(config.data.max_prompt_len) + int(r.max_new_tokens) + 1)
-            server = launch_vllm_server(ServerConfig(
-                model=checkpoint_dir, python=str(get("vllm_python", "")) or None,
-                dtype=str(get("vllm_dtype", "float32")), max_model_len=max_len,
-                gpu_memory_utilization=float(get("vllm_gpu_memory_utilization", 0.5)),
-                cpu_kvcache_gb=int(get("vllm_cpu_kvcache_gb", 2)),
-                enforce_eager=bool(get("vllm_enforce_eager", False)), seed=int(config.train.seed)))
+            layout = server_layout(config)  # None without GPUs
+            server = launch_vllm_server(launch_config(config, checkpoint_dir, layout))
+            sleep_mode = layout is not None and layout.sleep
             url = server.url
         else:
             require_server(url, checkpoint_dir)
@@ -326,7 +359,7 @@ class VLLMRolloutEngine:
         engine = cls(url, pad_id=pad_id, eos_ids=eos_ids, server=server, own_server=server is not None,
                      template=model, logp_gap_tolerance=float(get("vllm_logp_tol", 2e-3)),
                      request_timeout=float(get("vllm_timeout", 600.0)),
-                     max_concurrency=int(get("vllm_max_concurrency", 64)))
+                     max_concurrency=int(get("vllm_max_concurrency", 64)), sleep_mode=sleep_mode)
         try:
             if transport_dir is not None:
                 engine.weight_sync.transport = FileTransport(engine.client, directory=transport_dir)
@@ -402,6 +435,7 @@ class VLLMRolloutEngine:
         if self._closed:
             raise RuntimeError("VLLMRolloutEngine.generate called after close()")
         check_prompts(prompts)
+        self.wake_up()
         stop_ids = list(dict.fromkeys([*params.stop_token_ids, *self.eos_ids]))
         self.model_name  # resolve once, before the threads start  # noqa: B018
         payloads = [self._payload(p, i, params, stop_ids) for i, p in enumerate(prompts)]
@@ -470,6 +504,7 @@ class VLLMRolloutEngine:
                                "architecture); it cannot convert params to HF tensors for the server")
         if self._closed:
             raise RuntimeError("VLLMRolloutEngine.update_weights called after close()")
+        self.wake_up()  # the weights are reloaded into an awake server
         return self.weight_sync.sync(params)
 
     def check_weights(self, params: Any) -> dict[str, float]:
@@ -478,6 +513,19 @@ class VLLMRolloutEngine:
         if self.weight_sync is None:
             raise RuntimeError("check_weights needs `template=` (see update_weights)")
         return self.weight_sync.check(params)
+
+    def sleep(self) -> None:
+        """Co-located layout: free the server's KV cache and offload its weights to host RAM (vLLM sleep level 1)
+        while the trainer runs its passes. A no-op unless the server was started with --enable-sleep-mode."""
+        if self.sleep_mode and not self._asleep:
+            self.client.request("POST", "/sleep?level=1", timeout=300.0, retries=0)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        """Undo `sleep` (before the weight sync and the next rollout)."""
+        if self._asleep:
+            self.client.request("POST", "/wake_up", timeout=300.0, retries=0)
+            self._asleep = False
 
     def close(self) -> None:
         if self._closed:

@@ -12,6 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
+
+from capojax.sharding import activation_mesh
 
 
 def completion_logprobs(
@@ -22,11 +25,13 @@ def completion_logprobs(
     *,
     prompt_len: int,
     temperature: float = 1.0,
-) -> tuple[jax.Array, jax.Array]:
+    with_entropy: bool = True,
+) -> tuple[jax.Array, jax.Array | None]:
     """Log-prob and entropy of every completion position.
 
-    input_ids, attention_mask, positions: [N, P+T] -> (logp f32[N, T], entropy f32[N, T]).
+    input_ids, attention_mask, positions: [N, P+T] -> (logp f32[N, T], entropy f32[N, T] or None).
     Logits are divided by the sampling temperature so that, at ratio 1, these equal the sampler's log-probs.
+    with_entropy=False skips the entropy: a softmax over the vocabulary that, at 152k, costs as much as the head.
     """
     hidden = model.hidden(input_ids, attention_mask=attention_mask, positions=positions)
     hidden = hidden[:, prompt_len - 1 : -1]
@@ -35,6 +40,8 @@ def completion_logprobs(
     targets = input_ids[:, prompt_len:]
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = target_logits - log_z
+    if not with_entropy:
+        return logp, None
     probs = jax.nn.softmax(logits, axis=-1)
     entropy = log_z - jnp.sum(probs * logits, axis=-1)
     return logp, entropy
@@ -56,19 +63,22 @@ def chunk_count(rows: int, rows_per_chunk: int | None) -> int:
     return next(k for k in range(-(-rows // rows_per_chunk), rows + 1) if rows % k == 0)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chunk: int | None = None):
+def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chunk: int | None = None,
+                    mesh: Mesh | None = None):
     """A jitted pass `(state, input_ids, attention_mask, positions, prompt_len) -> (logp f32[N,T], entropy f32[N,T])`
     with `prompt_len` static (it is bucketed, so few shapes compile).
 
     The rows go through in sequential chunks of at most `rows_per_chunk` rows (lax.map) so that the
-    [rows, T, V] logits of only one chunk are alive at a time.
+    [rows, T, V] logits of only one chunk are alive at a time. With `mesh`, each chunk's activations and logits
+    are split by rows over its "fsdp" axis (`capojax.sharding.constrain_activations`).
     """
 
     @functools.partial(jax.jit, static_argnames=("prompt_len",))
     def logprob_fn(state, input_ids, attention_mask, positions, prompt_len: int):
         def one_chunk(chunk):
             model = nnx.merge(graphdef, state)
-            return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
+            with activation_mesh(mesh):
+                return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
 
         chunks = chunk_count(input_ids.shape[0], rows_per_chunk)
         parts = tuple(split_rows(x, chunks) for x in (input_ids, attention_mask, positions))

@@ -37,6 +37,7 @@ from capojax.data.templates import asks_for_confidence
 from capojax.errors import ConfigError, StoppedBySignal
 from capojax.models import load_pretrained, save_pretrained
 from capojax.rollout.base import RolloutEngine, SamplingParams
+from capojax.rollout.layout import trainer_devices
 from capojax.sharding import make_mesh, to_host
 from capojax.tokenizer import load_tokenizer, special_token_ids
 from capojax.trainer import batch as batch_lib
@@ -153,12 +154,12 @@ class StepResult:
     samples: list[dict[str, Any]]
 
 
-def _make_configured_mesh(mesh_cfg):
+def _make_configured_mesh(mesh_cfg, devices):
     try:
-        return make_mesh(int(mesh_cfg.fsdp), int(mesh_cfg.tp))
+        return make_mesh(int(mesh_cfg.fsdp), int(mesh_cfg.tp), devices)
     except ValueError as e:
         raise ConfigError(f"config.mesh.fsdp={mesh_cfg.fsdp}, config.mesh.tp={mesh_cfg.tp} is impossible here: {e}; "
-                          f"choose fsdp x tp <= {jax.device_count()} (fsdp=-1 takes all devices / tp)") from e
+                          f"choose fsdp x tp <= {len(devices)} (fsdp=-1 takes all devices / tp)") from e
 
 
 class Trainer:
@@ -174,7 +175,7 @@ class Trainer:
         # Refuse a foreign workdir before the (slow) model load; the Checkpointer repeats the check and writes.
         ckpt_lib.check_workdir(self.workdir, config, force=bool(config.checkpoint.force_resume))
 
-        self.mesh = _make_configured_mesh(config.mesh)
+        self.mesh = _make_configured_mesh(config.mesh, trainer_devices(config, jax.devices()))
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
         self.model_path = ckpt_lib.resolve_model_path(config.model)
         if config.rollout.engine == "vllm" and config.rollout.vllm_url and not config.rollout.vllm_launch:
@@ -222,13 +223,15 @@ class Trainer:
         agg = self._loss_overrides.get("agg", self.spec.loss_hparams["agg"])
         self.update_fn = make_update_fn(
             self.graphdef, self.optimizer, objective, temperature=temperature, micro_batches=micro_batches,
-            weight_by_tokens=agg == "token-mean",
+            weight_by_tokens=agg == "token-mean", mesh=self.mesh,
+            with_entropy=bool(self._loss_overrides.get("entropy_coef", self.spec.loss_hparams["entropy_coef"])),
         )
         chunk = int(t.micro_batch) or None
-        self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk)
+        self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=self.mesh)
         if self.needs_reference:
-            self.ref_logprob_fn = make_logprob_fn(self.ref_graphdef, temperature=temperature, rows_per_chunk=chunk)
-        self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk)
+            self.ref_logprob_fn = make_logprob_fn(self.ref_graphdef, temperature=temperature, rows_per_chunk=chunk,
+                                                 mesh=self.mesh)
+        self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk, mesh=self.mesh)
         self.advantage_fn = jax.jit(functools.partial(self.spec.advantages, **self._adv_overrides))
 
         self._bad_in_a_row = 0
@@ -314,6 +317,8 @@ class Trainer:
         if stop is not None and stop.agreed():
             self.iterator.set_state(data_state)  # the resumed run redoes this step from its first prompt
             return None
+        if hasattr(self.engine, "sleep"):  # a co-located vLLM server frees its GPU memory until the weight sync
+            self.engine.sleep()
         seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
         T = seq.response_mask.shape[1]
         with _timer(timings, "reward"):

@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from capojax.sharding import activation_mesh
 from capojax.trainer.logprobs import completion_logprobs, split_rows
 
 # objective(logp f32[n,T], entropy f32[n,T], minibatch dict) -> (loss scalar, metrics dict of scalars)
@@ -31,6 +33,8 @@ def make_update_fn(
     temperature: float,
     micro_batches: int = 1,
     weight_by_tokens: bool = False,
+    mesh: Mesh | None = None,
+    with_entropy: bool = True,
 ):
     """Returns jitted `update(params, opt_state, minibatch, prompt_len) -> (params, opt_state, metrics)`.
 
@@ -39,20 +43,25 @@ def make_update_fn(
 
     The loss of the whole mini-batch is `sum_k w_k loss_k` over its micro-batches: equal weights `1/K`, exact
     for the sequence-mean aggregations, or (`weight_by_tokens`) each micro-batch's share of the response tokens,
-    exact for token-mean. Either way the accumulated gradient equals the one-shot gradient of the mini-batch. A non-finite loss or gradient leaves params and optimizer state untouched and
-    reports `update/skipped = 1`.
+    exact for token-mean. Either way the accumulated gradient equals the one-shot gradient of the mini-batch.
+    A non-finite loss or gradient leaves params and optimizer state untouched and reports `update/skipped = 1`.
+    With `mesh`, each micro-batch's activations and logits are split by rows over its "fsdp" axis.
+    with_entropy=False hands the objective `entropy=None` (no softmax over the vocabulary in the forward; for
+    objectives without an entropy term, which then report no entropy metric).
     """
 
     def micro_loss(params, micro):
         model = nnx.merge(graphdef, params)
-        logp, entropy = completion_logprobs(
-            model,
-            micro["input_ids"],
-            micro["attention_mask"],
-            micro["positions"],
-            prompt_len=micro["input_ids"].shape[1] - micro["response_mask"].shape[1],
-            temperature=temperature,
-        )
+        with activation_mesh(mesh):
+            logp, entropy = completion_logprobs(
+                model,
+                micro["input_ids"],
+                micro["attention_mask"],
+                micro["positions"],
+                prompt_len=micro["input_ids"].shape[1] - micro["response_mask"].shape[1],
+                temperature=temperature,
+                with_entropy=with_entropy,
+            )
         return objective(logp, entropy, micro)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)

@@ -126,3 +126,31 @@ def test_save_from_sharded_model(hf_checkpoints, tmp_path):
     again, _ = load_pretrained(tmp_path)
     single, _ = load_pretrained(path)
     jax.tree.map(np.testing.assert_array_equal, nnx.state(again), nnx.state(single))
+
+
+@pytest.mark.parametrize("fsdp, tp", [(8, 1), (4, 2)])
+def test_forward_under_activation_mesh_equals_single_device(hf_checkpoints, qwen3_single, fsdp, tp):
+    """The activation constraint (rows over fsdp, vocabulary over tp) changes where rows live, not the numbers."""
+    from capojax.sharding import activation_mesh
+
+    _, _, tokens, mask, expected = qwen3_single
+    mesh = make_mesh(fsdp, tp)
+    model, _ = load_pretrained(hf_checkpoints["qwen3"].path, mesh=mesh)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, tokens, mask):
+        with activation_mesh(mesh):
+            return nnx.merge(graphdef, state)(tokens, attention_mask=mask)
+
+    batch = batch_sharding(mesh)
+    logits = forward(state, jax.device_put(tokens, batch), jax.device_put(mask, batch))
+    assert logits.sharding.is_equivalent_to(NamedSharding(mesh, P("fsdp", None, "tp" if tp > 1 else None)), 3)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=TOL, rtol=0)
+
+
+def test_constrain_activations_is_a_no_op_without_a_mesh():
+    from capojax.sharding import constrain_activations
+
+    x = jnp.ones((3, 5, 7))  # 3 rows do not divide any mesh either
+    assert constrain_activations(x, ("batch", None, None)) is x

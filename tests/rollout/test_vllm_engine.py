@@ -111,6 +111,8 @@ class FakeVLLM:
                     return self._send(200, {"results": [fake.rpc(payload)]})
                 if self.path == "/reset_prefix_cache":
                     return self._send(200, {"success": True})
+                if self.path in ("/sleep?level=1", "/wake_up"):  # vLLM's sleep-mode endpoints (dev mode)
+                    return self._send(200)
                 self._send(404, {"detail": "Not Found"})
 
         class Server(http.server.ThreadingHTTPServer):
@@ -238,6 +240,24 @@ def test_generate_assembles_rollout_prompt_major(fake):
             np.testing.assert_array_equal(out.logprobs[r, k:], 0)
             np.testing.assert_array_equal(out.mask[r], np.arange(6) < k)
     assert saw == {"stop", "length"}  # both endings were exercised
+    engine.close()
+
+
+def test_sleep_mode_sleeps_once_and_wakes_before_generating(fake):
+    engine = make_engine(fake, sleep_mode=True)
+    engine.sleep()
+    engine.sleep()  # already asleep: no second request
+    engine.generate([[5, 6, 7]], SamplingParams(n=2, max_new_tokens=4, temperature=1.0, seed=1))
+    paths = [path for path, _ in fake.requests if path in ("/sleep?level=1", "/wake_up", "/v1/completions")]
+    assert paths == ["/sleep?level=1", "/wake_up", "/v1/completions"]
+    engine.close()
+
+
+def test_without_sleep_mode_sleep_is_a_no_op(fake):
+    engine = make_engine(fake)  # a server started without --enable-sleep-mode
+    engine.sleep()
+    engine.wake_up()
+    assert not [path for path, _ in fake.requests if path.startswith(("/sleep", "/wake_up"))]
     engine.close()
 
 

@@ -103,3 +103,18 @@ def test_bf16_params_accumulate_in_f32_and_update(model):
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new_params))
     changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), new_params, bf16))
     assert any(changed)
+
+
+def test_update_without_entropy_skips_it_and_changes_nothing_else(model):
+    graphdef, params = nnx.split(model)
+    sgd = optax.sgd(1.0)
+    objective = get_algorithm("grpo").objective()  # entropy_coef 0: the entropy is only a metric
+    batch = _minibatch()
+    results = []
+    for with_entropy in (True, False):
+        fn = make_update_fn(graphdef, sgd, objective, temperature=1.0, with_entropy=with_entropy)
+        p = jax.tree.map(jnp.copy, params)
+        results.append(fn(p, sgd.init(p), batch))
+    chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
+    assert "entropy" in results[0][2] and "entropy" not in results[1][2]
+    np.testing.assert_allclose(results[0][2]["loss"], results[1][2]["loss"], atol=1e-6)
