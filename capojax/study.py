@@ -32,6 +32,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from capojax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Each variant is a set of overrides of the cell's training config. Everything else (optimizer, clipping, batch,
@@ -42,6 +44,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "capo": {"algo.name": "capo", "algo.use_ref_mask": True},
     "capo_nomask": {"algo.name": "capo", "algo.use_ref_mask": False},
     "dcpo": {"algo.name": "dcpo"},
+    # CAPO with tau at the scale of the base's in-group lpm spread (its SD is ~0.08 on the study base, logged as
+    # val/lpm/group_sd): at tau = 0.6 >> spread the logistic surrogate is almost linear, i.e. close to Dr.GRPO.
+    "capo_tau01": {"algo.name": "capo", "algo.use_ref_mask": True, "algo.tau": 0.1},
 }
 
 # (metric key in metrics.jsonl, column title) of the summary table, in order.
@@ -64,8 +69,8 @@ SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
 )
 
 
-class StudyConfigError(ValueError):
-    """A study config that cannot run; the message says which field and what to do."""
+class StudyConfigError(ConfigError):
+    """A study config that cannot run; the message says which field and what to do (one line on the CLI)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,9 +375,11 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from capojax import cli
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to configs/study_calibration.py.", lock_config=True)
     _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (default: runs/<config file name>).")
-    app.run(main)
+    cli.run(main)

@@ -122,3 +122,22 @@ def test_seed_band_is_nan_aware():
              {"curve": _curve([10], **{"m": [0.4]})}]
     steps, mean, sd = plots._seed_band(cells, "m")
     assert steps.tolist() == [10.0] and mean[0] == pytest.approx(0.3) and sd[0] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+
+
+def test_a_bad_variant_is_one_line_on_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from e2e import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "capojax.study", "--config=configs/study_calibration.py",
+                           "--config.algorithms=grpo,gpro", f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown variant(s) ['gpro']" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
+    misspelt = subprocess.run([sys.executable, "-m", "capojax.study", "--config=configs/study_calibration.py",
+                               "--config.run.algo.tua=0.5", f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert misspelt.returncode == 2 and "tau" in misspelt.stderr and "Traceback" not in misspelt.stderr
