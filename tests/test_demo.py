@@ -16,17 +16,23 @@ pytestmark = pytest.mark.slow
 def test_demo_accuracy_rises(tmp_path):
     """Accuracy is judged on the held-out set: 64 fixed problems x 8 samples, re-scored every 10 steps.
 
-    Not on the training accuracy of 10-step blocks: every seed sees the same prompt order (data.shuffle_seed), so
-    block means move with the difficulty of that block's 160 prompts (the same dip at steps 31-40 shows up in
+    Measured (seed 0): 0.607 -> 0.605 -> 0.693 -> 0.631 -> 0.723, base SE 0.034: the final validation beats the
+    base by 3.4 SE, steps 30-40 by 2.1 SE. Not on the training accuracy of 10-step blocks: every seed sees the same
+    prompt order (data.shuffle_seed), so block means move with the difficulty of that block's 160 prompts (the same dip at steps 31-40 shows up in
     seeds 0, 1 and 2). A harmful update shows here: at lr 2e-4 validation falls from 0.68 to 0.53.
     """
     run_cli("tiny_capo", tmp_path / "run", f"--config.model.cache_dir={tmp_path / 'cache'}")
     rows = read_metrics(tmp_path / "run")
     assert len([r for r in rows if r["step"] > 0]) == 40
-    val = [(r["step"], r["val/accuracy"]) for r in rows if "val/accuracy" in r]
-    assert [s for s, _ in val] == [0, 10, 20, 30, 40]
-    start, end = val[0][1], float(np.mean([a for _, a in val[-2:]]))
-    assert end > start, f"validation accuracy did not rise (steps 30-40 vs step 0): {val}"
-    assert val[-1][1] > val[0][1], f"validation accuracy did not rise: {val}"
+    val = {r["step"]: r for r in rows if "val/accuracy" in r}
+    assert sorted(val) == [0, 10, 20, 30, 40]
+    # The base row: the same 64 x 8 held-out samples are drawn with the same key at every validation
+    # (rollout.val_seed), so step 0 is the base's score and its prompt-level standard error is the noise to beat.
+    base, se = val[0]["val/accuracy"], val[0]["val/accuracy_se"]
+    curve = [round(val[s]["val/accuracy"], 3) for s in sorted(val)]
+    assert 0.01 < se < 0.1, f"implausible standard error {se}"
+    assert val[40]["val/accuracy"] > base + 2 * se, f"final accuracy within 2 SE ({se:.3f}) of the base: {curve}"
+    late = float(np.mean([val[30]["val/accuracy"], val[40]["val/accuracy"]]))
+    assert late > base + se, f"steps 30-40 within 1 SE ({se:.3f}) of the base: {curve}"
     # The run is calibration work too: CAPO's AUC over the validation samples must not fall apart.
     assert rows[-1]["val/auc_mean"] >= 0.6

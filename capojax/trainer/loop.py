@@ -519,6 +519,9 @@ class Trainer:
         lpm = np.concatenate(lpm_all)
         out = {f"val/{k}": v for k, v in metrics_lib.calibration_summary(np.exp(lpm), correct).items()}
         out["val/entropy"] = entropy_sum / max(token_count, 1)
+        # Standard error of val/accuracy with the prompt as the unit (samples of one prompt are not independent).
+        per_prompt = correct.mean(axis=1)
+        out["val/accuracy_se"] = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
         out["val/lpm/correct"] = _masked_mean(lpm, correct)
         out["val/lpm/wrong"] = _masked_mean(lpm, ~correct)
         out["val/lpm/group_sd"] = float(np.mean(lpm.std(axis=1, ddof=1))) if n > 1 else float("nan")  # CAPO's tau scale
