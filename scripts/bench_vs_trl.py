@@ -82,19 +82,11 @@ def make_prompts(count: int, length: int, vocab: int, seed: int = 0) -> list[lis
 
 
 def matmul_peak(n: int = 1024, reps: int = 20) -> float:
-    """f32 GFLOP/s of a jitted n x n matmul (median of reps), on this process's jax."""
-    import jax
-    import jax.numpy as jnp
+    """f32 GFLOP/s of a jitted n x n matmul, on this process's jax (bench_train_step's measurement, imported late so
+    that the TRL side of this script never imports jax)."""
+    from bench_train_step import matmul_peak as measure
 
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return measure(n, reps)
 
 
 # ------------------------------------------------------------------------------------------- workers

@@ -12,15 +12,9 @@ from capojax.data.templates import (
 )
 from capojax.rewards import parse_confidence
 
-# The message loop of the Qwen2.5 chat template (its tool-calling branches are not used for a system + user turn).
-QWEN25_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
+# The message loop of the Qwen2.5 chat template, with Qwen3's enable_thinking branch (which a Qwen2.5 prompt never
+# takes): the same string the session fixture builds its tokenizer with.
+from conftest import QWEN3_CHAT_TEMPLATE as QWEN25_TEMPLATE  # noqa: E402
 
 PROBLEM = "What is $1+1$?"
 
