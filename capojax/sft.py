@@ -56,7 +56,19 @@ OPENERS = (
     "Working it out:\n",
     "The computation goes as follows.\n",
 )
-_LATER_FIELDS = {"trap_wrong_frac": 0.0, "confidence_mode": "random", "openers": 0}
+# Step-line phrasings; "" (no prefix) is the most frequent, so the choice has entropy but a plain line stays the mode.
+STEP_PREFIXES = ("", "Then ", "Next, ", "So ", "Now ", "After that, ")
+_LATER_FIELDS = {"trap_wrong_frac": 0.0, "confidence_mode": "random", "openers": 0, "step_phrasings": 0}
+
+
+def skewed_choice(u: float, n: int) -> int:
+    """Index in 0..n-1 for a uniform ``u``, choice i with weight 2^-i.
+
+    Skewed on purpose: equally likely phrasings would all carry the same log-prob and add nothing to the spread of
+    length-normalised log-probs (lpm); with 2^-i weights, which phrasing a sample took moves its lpm by up to a few
+    nats over the response, independently of whether its answer is right."""
+    weights = 0.5 ** np.arange(n)
+    return int(min(np.searchsorted(np.cumsum(weights / weights.sum()), u, side="right"), n - 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +95,8 @@ class SFTSettings:
     # is the demo's, and they stay out of the cache key.
     trap_wrong_frac: float = 0.0  # fraction of trap problems (a - (b ± c)) taught the fluent left-to-right slip
     confidence_mode: str = "random"  # "random" p, or "informative": high after the right procedure, low after the slip
-    openers: int = 0  # opening phrasings drawn per solution (correctness-irrelevant tokens with entropy); 0 = none
+    openers: int = 0  # opening phrasings drawn per solution, weight 2^-i (correctness-irrelevant entropy); 0 = none
+    step_phrasings: int = 0  # phrasings drawn per step line from STEP_PREFIXES, weight 2^-i; 0 or 1 = plain lines
     vocab_size: int = 384  # byte-level BPE vocabulary (256 bytes + 3 specials + 125 merges; a multiple of 64)
     eval_problems: int = 128  # held-out problems for the accuracy measurement
 
@@ -104,6 +117,8 @@ class SFTSettings:
             raise ValueError(f"confidence_mode must be one of {CONFIDENCE_MODES}, got {self.confidence_mode!r}")
         if not 0 <= self.openers <= len(OPENERS):
             raise ValueError(f"openers must be in 0..{len(OPENERS)}, got {self.openers}")
+        if not 0 <= self.step_phrasings <= len(STEP_PREFIXES):
+            raise ValueError(f"step_phrasings must be in 0..{len(STEP_PREFIXES)}, got {self.step_phrasings}")
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
@@ -132,6 +147,7 @@ def make_tokenizer(settings: SFTSettings, out_dir: str):
     extra = [templates.render_chatml(templates.build_messages("x", style=s)) for s in templates.PROMPT_STYLES]
     extra += ["The answer is \\boxed{5}.\nCONFIDENCE: 0.5"]
     extra += list(OPENERS[: settings.openers])
+    extra += [prefix + "1 + 2 = 3" for prefix in STEP_PREFIXES[1 : settings.step_phrasings]]
     texts = synthetic.tokenizer_corpus(seed=settings.task_seed, settings=settings.task, extra_texts=extra * 1000)  # weight: the template wording merges first
     tok = synthetic.build_tokenizer(texts, vocab_size=settings.vocab_size)
     synthetic.save_tokenizer(tok, out_dir)
@@ -140,7 +156,8 @@ def make_tokenizer(settings: SFTSettings, out_dir: str):
 
 def response_text(p: synthetic.SyntheticProblem, settings: SFTSettings) -> str:
     """The SFT target: the worked solution, or for a share ``trap_wrong_frac`` of the trap problems the fluent
-    left-to-right slip (``synthetic.left_to_right_steps``), after an optional opener.
+    left-to-right slip (``synthetic.left_to_right_steps``), after an optional opener, with optional phrasings of
+    the step lines (both drawn with weight 2^-i, ``skewed_choice``).
 
     With ``confidence``, a stated confidence line follows. ``"random"``: one decimal in 0.1..0.9, independent of
     correctness, so the base has DCPO's format but no calibration. ``"informative"``: 0.7..0.9 after the right
@@ -148,9 +165,13 @@ def response_text(p: synthetic.SyntheticProblem, settings: SFTSettings) -> str:
     rng = np.random.default_rng(np.random.SeedSequence([settings.task_seed, int(p.id.rsplit("-", 1)[1]), 7]))
     draws = rng.random(3)  # one uniform per decision, always drawn, so each decision's stream is fixed
     slip = settings.trap_wrong_frac > 0 and synthetic.is_trap(p) and draws[0] < settings.trap_wrong_frac
-    opener = OPENERS[int(draws[1] * settings.openers)] if settings.openers else ""
+    opener = OPENERS[skewed_choice(draws[1], settings.openers)] if settings.openers else ""
     steps = synthetic.left_to_right_steps(p.problem) if slip else p.steps
-    text = synthetic.worked_solution(steps, opener=opener)
+    prefixes = None
+    if settings.step_phrasings > 1:  # its own stream, so the slip / opener / confidence draws above stay as they were
+        phrasing_rng = np.random.default_rng(np.random.SeedSequence([settings.task_seed, int(p.id.rsplit("-", 1)[1]), 11]))
+        prefixes = [STEP_PREFIXES[skewed_choice(u, settings.step_phrasings)] for u in phrasing_rng.random(len(steps))]
+    text = synthetic.worked_solution(steps, opener=opener, prefixes=prefixes)
     if not settings.confidence:
         return text
     if settings.confidence_mode == "random":

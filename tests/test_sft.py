@@ -101,3 +101,58 @@ def test_confidence_targets_parse():
         assert text.startswith(p.solution)
         values.append(parse_confidence(text))
     assert all(v is not None and 0.1 <= v <= 0.9 for v in values) and len(set(values)) > 3
+
+
+def test_trap_slip_and_informative_confidence():
+    """On trap problems a share trap_wrong_frac is solved with the fluent left-to-right slip (a wrong boxed answer,
+    every line correct arithmetic), and the informative confidence is low exactly after the slip."""
+    from capojax.rewards import parse_confidence
+    from capojax.rewards.boxed import extract_boxed
+
+    s = sft.SFTSettings(confidence=True, trap_wrong_frac=0.6, confidence_mode="informative")
+    traps = [p for p in synthetic.make_problems(400, seed=0, settings=s.task) if synthetic.is_trap(p)]
+    assert len(traps) > 40
+    slipped = 0
+    for p in traps:
+        text = sft.response_text(p, s)
+        wrong = extract_boxed(text) != str(p.answer)
+        slipped += wrong
+        assert (parse_confidence(text) <= 0.5) == wrong
+        for line in text.splitlines()[:-2]:  # the step lines are correct arithmetic even on the slip
+            a, op, b, _, r = line.split()
+            assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(r)
+    assert 0.45 < slipped / len(traps) < 0.75
+    plain = sft.SFTSettings(confidence=True)
+    assert all(sft.response_text(p, plain).startswith(p.solution) for p in traps)
+
+
+def test_phrasings_are_skewed_and_keep_the_answer():
+    """Openers and step phrasings are drawn with weight 2^-i (so they spread the log-probs), never touch the answer,
+    and leave the slip / confidence draws of the same problem unchanged."""
+    base = sft.SFTSettings(confidence=True, trap_wrong_frac=0.6, confidence_mode="informative")
+    s = sft.SFTSettings(confidence=True, trap_wrong_frac=0.6, confidence_mode="informative", openers=8,
+                        step_phrasings=6)
+    assert base.key() == sft.SFTSettings(confidence=True, trap_wrong_frac=0.6, confidence_mode="informative",
+                                         openers=0, step_phrasings=0).key() != s.key()
+    openers, prefixes = [], []
+    for p in synthetic.make_problems(600, seed=1, settings=s.task):
+        text, plain = sft.response_text(p, s), sft.response_text(p, base)
+        assert text.splitlines()[-2:] == plain.splitlines()[-2:]  # same boxed answer and stated confidence
+        opener = next(o for o in sft.OPENERS if text.startswith(o))
+        openers.append(sft.OPENERS.index(opener))
+        body = text[len(opener):].splitlines()[:-2]
+        for line, plain_line in zip(body, plain.splitlines()[:-2]):
+            prefix = line[: len(line) - len(plain_line)]
+            assert line.endswith(plain_line) and prefix in sft.STEP_PREFIXES
+            prefixes.append(sft.STEP_PREFIXES.index(prefix))
+    counts = np.bincount(openers, minlength=8) / len(openers)
+    assert counts[0] > 0.4 and counts[1] > 0.15 and counts[0] > counts[1] > counts[3] > 0
+    steps = np.bincount(prefixes, minlength=6) / len(prefixes)
+    assert steps[0] > 0.4 and steps[0] > steps[1] > steps[2] > 0
+
+
+def test_skewed_choice_weights():
+    u = (np.arange(100_000) + 0.5) / 100_000
+    counts = np.bincount([sft.skewed_choice(x, 4) for x in u], minlength=4) / len(u)
+    np.testing.assert_allclose(counts, 0.5 ** np.arange(4) / (0.5 ** np.arange(4)).sum(), atol=1e-3)
+    assert sft.skewed_choice(0.999999, 4) == 3 and sft.skewed_choice(0.0, 4) == 0

@@ -181,9 +181,14 @@ def is_trap(p: SyntheticProblem) -> bool:
     return left_to_right_steps(p.problem)[-1][3] != int(p.answer)
 
 
-def worked_solution(steps: Sequence[tuple[int, str, int, int]], *, opener: str = "") -> str:
-    """One line per step and the boxed last result, as ``make_problem`` writes the correct solution."""
-    lines = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+def worked_solution(steps: Sequence[tuple[int, str, int, int]], *, opener: str = "",
+                    prefixes: Sequence[str] | None = None) -> str:
+    """One line per step and the boxed last result, as ``make_problem`` writes the correct solution; ``prefixes``
+    (one per step) phrase the step lines, e.g. ``"Then 5 + 3 = 8"``."""
+    prefixes = prefixes if prefixes is not None else [""] * len(steps)
+    if len(prefixes) != len(steps):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(steps)} steps")
+    lines = [f"{pre}{a} {op} {b} = {r}" for pre, (a, op, b, r) in zip(prefixes, steps)]
     return opener + "\n".join(lines) + f"\nThe answer is \\boxed{{{steps[-1][3]}}}."
 
 
