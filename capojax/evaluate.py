@@ -585,7 +585,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", type=int, default=1, help="mesh fsdp size (-1: all devices); 1 with --tp 1 = one device")
     p.add_argument("--tp", type=int, default=1, help="mesh tensor-parallel size")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint folder)")
-    p.add_argument("--data_dir", default=None, help="folder holding eval/ (default $CAPOJAX_DATA_DIR or ../shared/data)")
+    p.add_argument("--data_dir", default=None,
+                   help="folder holding eval/, the only place looked at when given (default: $CAPOJAX_DATA_DIR, else "
+                        "../shared/data, else the cache, else a download verified by hash; capojax.data.fetch)")
     p.add_argument("--grade_workers", type=int, default=None, help="grading processes (0 = in this process)")
     p.add_argument("--grade_timeout", type=float, default=None, help="seconds per graded response")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
