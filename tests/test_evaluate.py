@@ -168,6 +168,8 @@ def test_cli_rejects_unknown_benchmark_and_missing_checkpoint(tiny_checkpoint, t
     proc = _run_cli("--checkpoint", tiny_checkpoint, "--engine", "vllm", "--vllm_url", "http://127.0.0.1:9",
                     "--presence_penalty", 2.5, "--out", tmp_path)
     assert proc.returncode == 2 and "vLLM accepts [-2, 2]" in proc.stderr
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--presence_penalty", "nan", "--out", tmp_path)
+    assert proc.returncode == 2 and "--presence_penalty must be a finite number" in proc.stderr
 
 
 class ScriptedEngine:
