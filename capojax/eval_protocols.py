@@ -17,7 +17,7 @@ __all__ = ["Protocol", "PROTOCOLS", "DEFAULT_SETTINGS", "resolve_settings"]
 # `capojax.evaluate` without --protocol: a quick look, not a paper number (512 tokens cut AIME solutions short).
 DEFAULT_SETTINGS: Mapping[str, Any] = {
     "n": 4, "temperature": 0.6, "top_p": 0.95, "top_k": 0, "max_new_tokens": 512, "template": "qwen-math",
-    "require_boxed": False, "chat_template_kwargs": {},
+    "require_boxed": False, "chat_template_kwargs": {}, "presence_penalty": 0.0,
 }
 
 
@@ -44,18 +44,19 @@ PROTOCOLS: dict[str, Protocol] = {
         name="capo",
         settings={"n": 16, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
                   "max_new_tokens": 3072,  # = configs/capo_1p5b.py rollout.max_new_tokens (the response limit)
-                  "template": "qwen-math", "require_boxed": True, "chat_template_kwargs": {}},
+                  "template": "qwen-math", "require_boxed": True, "chat_template_kwargs": {}, "presence_penalty": 0.0},
         source="CAPO paper (arXiv 2604.12632): mean@16 / PC@16 at the training sampling settings; verl boxed grading",
     ),
     # DCPO's released evaluation (mazhengzhao/DCPO calibration_main.py + examples/eval.sh).
     "dcpo": Protocol(
         name="dcpo",
         settings={"n": 4, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "max_new_tokens": 3000, "template": "dcpo",
-                  "require_boxed": False, "chat_template_kwargs": {"enable_thinking": False}},
-        source="DCPO release: calibration_main.py (repeat=4, temperature 0.7, top_p 0.8, top_k 20, enable_thinking "
-               "False, opencompass MATHVerifyEvaluator) and examples/eval.sh (--max_new_tokens 3000)",
+                  "require_boxed": False, "chat_template_kwargs": {"enable_thinking": False},
+                  "presence_penalty": 1.5},
+        source="DCPO release: calibration_main.py (repeat=4, temperature 0.7, top_p 0.8, top_k 20, presence_penalty "
+               "1.5, enable_thinking False, opencompass MATHVerifyEvaluator) and examples/eval.sh "
+               "(--max_new_tokens 3000)",
         deviations=(
-            "presence_penalty 1.5 is not applied (neither capojax engine implements it)",
             "prompt: capojax's dcpo template (system instruction + user problem) instead of DCPO's single user "
             "message with its directive appended",
         ),

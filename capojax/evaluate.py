@@ -269,6 +269,7 @@ def evaluate_problems(
     chat_template_kwargs: Mapping[str, Any] | None = None,
     require_boxed: bool = False,
     lpm_fn: Any = None,
+    presence_penalty: float = 0.0,
 ) -> BenchmarkResult:
     """Sample, grade and score `problems` (objects with `id`, `problem`, `gold`) -> BenchmarkResult.
 
@@ -281,6 +282,8 @@ def evaluate_problems(
     math-verify's extraction of the response's tail. Recorded in the summary either way.
     lpm_fn: `(prompts, tokens, lengths, prompt_index) -> f32[N]` temperature-1 mean log-probs (default:
     `completion_lpm` on `model`; e.g. `server_completion_lpm` with a vLLM engine, when `model` may be None).
+    presence_penalty: subtracted from the logits of tokens a sample has generated (vLLM's definition; DCPO's
+    evaluation uses 1.5). The lpm stays the model's own temperature-1 log-prob, without it.
     """
     from tqdm.auto import tqdm
 
@@ -322,7 +325,7 @@ def evaluate_problems(
             chunk = prompts[start : start + batch_size]
             params = SamplingParams(
                 n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                stop_token_ids=tuple(stop_ids), seed=_chunk_seed(seed, name, start),
+                stop_token_ids=tuple(stop_ids), seed=_chunk_seed(seed, name, start), presence_penalty=presence_penalty,
             )
             rollout = engine.generate(chunk, params)
             rows = slice(start * n, (start + len(chunk)) * n)
@@ -376,6 +379,7 @@ def evaluate_problems(
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
+        "presence_penalty": float(presence_penalty),
         "max_new_tokens": max_new_tokens,
         "seed": seed,
         "chat_template_kwargs": dict(kwargs),
@@ -554,6 +558,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=None, help=f"default {d['top_p']}")
     p.add_argument("--top_k", type=int, default=None, help="0 disables top-k (default 0)")
     p.add_argument("--max_new_tokens", type=int, default=None, help=f"default {d['max_new_tokens']}")
+    p.add_argument("--presence_penalty", type=float, default=None,
+                   help="subtracted from the logits of tokens a sample has already generated, before temperature "
+                        f"(vLLM/OpenAI; vLLM accepts [-2, 2]; default {d['presence_penalty']}, dcpo 1.5)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT problems of each benchmark")
     p.add_argument("--out", required=True, help="output folder; one subfolder per benchmark")
     p.add_argument("--template", default=None, choices=["qwen-math", "dcpo"],
@@ -578,7 +585,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", type=int, default=1, help="mesh fsdp size (-1: all devices); 1 with --tp 1 = one device")
     p.add_argument("--tp", type=int, default=1, help="mesh tensor-parallel size")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint folder)")
-    p.add_argument("--data_dir", default=None, help="folder holding eval/ (default $CAPOJAX_DATA_DIR or ../shared/data)")
+    p.add_argument("--data_dir", default=None,
+                   help="folder holding eval/, the only place looked at when given (default: $CAPOJAX_DATA_DIR, else "
+                        "../shared/data, else the cache, else a download verified by hash; capojax.data.fetch)")
     p.add_argument("--grade_workers", type=int, default=None, help="grading processes (0 = in this process)")
     p.add_argument("--grade_timeout", type=float, default=None, help="seconds per graded response")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
@@ -586,7 +595,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _SETTING_FLAGS = ("n", "temperature", "top_p", "top_k", "max_new_tokens", "template", "require_boxed",
-                  "chat_template_kwargs")
+                  "chat_template_kwargs", "presence_penalty")
 
 
 def _resolve_protocol(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
@@ -638,6 +647,11 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> li
         parser.error(f"--top_p must be in (0, 1], got {args.top_p}")
     if args.temperature < 0:
         parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    if not math.isfinite(args.presence_penalty):
+        parser.error(f"--presence_penalty must be a finite number, got {args.presence_penalty}")
+    if args.engine == "vllm" and not -2 <= args.presence_penalty <= 2:
+        parser.error(f"--presence_penalty {args.presence_penalty}: vLLM accepts [-2, 2]; pick one in that range or "
+                     "use --engine jax")
     return benchmarks
 
 
@@ -723,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_ids=stop_ids, mesh=mesh, batch_size=args.batch_size, grade_workers=args.grade_workers,
             grade_timeout=args.grade_timeout, progress=not args.no_progress,
             chat_template_kwargs=args.chat_template_kwargs or None, require_boxed=args.require_boxed,
-            engine=engine, lpm_fn=lpm_fn,
+            presence_penalty=args.presence_penalty, engine=engine, lpm_fn=lpm_fn,
         )
     finally:
         if engine is not None:

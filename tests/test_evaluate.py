@@ -111,8 +111,10 @@ def test_protocols_set_and_record_the_papers_settings(tiny_checkpoint, qwen3_sty
     s = json.loads((tmp_path / "capo" / "aime24" / "summary.json").read_text())
     assert s["protocol"] == "capo" and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
     assert s["protocol_settings"] == {"n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8,
-                                      "template": "qwen-math", "require_boxed": True, "chat_template_kwargs": {}}
+                                      "template": "qwen-math", "require_boxed": True, "chat_template_kwargs": {},
+                                      "presence_penalty": 0.0}
     assert (s["temperature"], s["top_p"], s["top_k"], s["samples_per_problem"]) == (1.0, 1.0, 0, 2)
+    assert s["presence_penalty"] == 0.0
     assert s["require_boxed"] is True and s["grading"] == "last \\boxed{} only"
 
     # DCPO: non-thinking Qwen3 (a tokenizer with Qwen3's enable_thinking branch), confidence parsing
@@ -124,7 +126,9 @@ def test_protocols_set_and_record_the_papers_settings(tiny_checkpoint, qwen3_sty
     assert s["chat_template_kwargs"] == {"enable_thinking": False}
     assert (s["temperature"], s["top_p"], s["top_k"], s["require_boxed"]) == (0.7, 0.8, 20, False)
     assert s["protocol_settings"]["max_new_tokens"] == 8 and s["protocol_overrides"] == {"n": 2, "max_new_tokens": 8}
-    assert any("presence_penalty" in d for d in s["protocol_deviations"]) and "dcpo/parse_rate" in s
+    # DCPO's presence_penalty 1.5 is applied now (the sampler and the vLLM request), no longer a deviation
+    assert s["presence_penalty"] == 1.5 and s["protocol_settings"]["presence_penalty"] == 1.5
+    assert not any("presence_penalty" in d for d in s["protocol_deviations"]) and "dcpo/parse_rate" in s
 
     # a tokenizer without a chat template cannot switch thinking off: a clear error before any sampling
     proc = _run_cli("--checkpoint", tiny_checkpoint, "--protocol", "dcpo", "--out", tmp_path / "bare", *common)
@@ -143,6 +147,9 @@ def test_protocol_settings_match_the_presets_and_resolve_in_order():
     capo = PROTOCOLS["capo"].settings
     assert capo["max_new_tokens"] == preset.rollout.max_new_tokens  # "the preset's response limit"
     assert (capo["n"], capo["temperature"], capo["top_p"]) == (16, preset.rollout.temperature, preset.rollout.top_p)
+    assert PROTOCOLS["dcpo"].settings["presence_penalty"] == 1.5 and capo["presence_penalty"] == 0.0
+    settings, fields = resolve_settings("dcpo", {"presence_penalty": 0.0})  # an explicit 0 wins, and is recorded
+    assert settings["presence_penalty"] == 0.0 and fields["protocol_overrides"] == {"presence_penalty": 0.0}
     settings, fields = resolve_settings(None, {"n": None, "top_k": 5})
     assert settings == {**DEFAULT_SETTINGS, "top_k": 5} and fields["protocol"] == "none"
     with pytest.raises(ValueError, match="unknown protocol"):
@@ -158,6 +165,11 @@ def test_cli_rejects_unknown_benchmark_and_missing_checkpoint(tiny_checkpoint, t
     empty.mkdir()
     proc = _run_cli("--checkpoint", empty, "--out", tmp_path)
     assert proc.returncode == 2 and "no config.json" in proc.stderr
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--engine", "vllm", "--vllm_url", "http://127.0.0.1:9",
+                    "--presence_penalty", 2.5, "--out", tmp_path)
+    assert proc.returncode == 2 and "vLLM accepts [-2, 2]" in proc.stderr
+    proc = _run_cli("--checkpoint", tiny_checkpoint, "--presence_penalty", "nan", "--out", tmp_path)
+    assert proc.returncode == 2 and "--presence_penalty must be a finite number" in proc.stderr
 
 
 class ScriptedEngine:
@@ -173,6 +185,7 @@ class ScriptedEngine:
         start = self.calls  # evaluate_problems calls once per batch of problems; batch_size=1 here
         self.calls += len(prompts)
         self.prompts = getattr(self, "prompts", []) + [list(p) for p in prompts]
+        self.params = getattr(self, "params", []) + [params]
         toks = []
         for i in range(len(prompts)):
             for j in range(params.n):
@@ -281,3 +294,18 @@ def test_evaluation_prompts_carry_the_chat_template_kwargs(tiny_model, qwen3_sty
         assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") is think
         assert "CONFIDENCE: <number between 0 and 1>" in prompt
         assert result.summary["chat_template_kwargs"] == (kwargs or {}) and result.summary["dcpo/parse_rate"] == 1.0
+
+
+def test_presence_penalty_reaches_the_engine_and_the_summary(tiny_model):
+    """evaluate_problems(presence_penalty=...) samples with it (every engine call) and records it."""
+    from capojax.data.benchmarks import Problem
+    from capojax.evaluate import evaluate_problems
+
+    model, tokenizer = tiny_model
+    problems = [Problem("p0", "What is 1 + 1?", ("2",)), Problem("p1", "What is 2 + 2?", ("4",))]
+    for penalty in (1.5, 0.0):
+        engine = ScriptedEngine(tokenizer, [["\\boxed{2}"], ["\\boxed{5}"]], tokenizer.pad_token_id)
+        result = evaluate_problems(model, tokenizer, problems, n=1, max_new_tokens=8, engine=engine, batch_size=1,
+                                   grade_workers=0, progress=False, presence_penalty=penalty)
+        assert [p.presence_penalty for p in engine.params] == [penalty, penalty]
+        assert result.summary["presence_penalty"] == penalty

@@ -19,8 +19,10 @@ olympiadbench   eval/olympiadbench/deepscaler_olympiad_bench.json   675    list 
 Papers disagree on "AMC23": Qwen2.5-Math-lineage papers mean the 40 problems (``amc23``), DeepScaleR-lineage
 papers the 83 (``amc``).
 
-The data dir is, in order: the ``data_dir`` argument, the ``CAPOJAX_DATA_DIR`` environment variable, then
-``../shared/data`` beside the checkout. A path (``.json`` list of objects or ``.jsonl``, one object per line)
+A name is found (``capojax.data.fetch.locate``) in the ``data_dir`` argument or ``$CAPOJAX_DATA_DIR`` when one
+is given (and only there), else in ``../shared/data`` beside the checkout, else in the cache
+(``~/.cache/capojax/data``, ``$CAPOJAX_DATA_CACHE``), else it is downloaded from its pinned source
+(``capojax.data.sources``) and kept only when its git blob hash matches. A path (``.json`` list of objects or ``.jsonl``, one object per line)
 is read with the same field rules: problem from ``problem`` | ``question`` | ``prompt``; gold from
 ``answer`` | ``final_answer`` | ``gold`` | ``ground_truth``, else the last ``\\boxed{}`` of ``solution``;
 id from ``id`` | ``unique_id`` | ``idx`` | ``problem_id``, else ``"<name>/<row index>"``.
@@ -40,19 +42,13 @@ import os
 import pathlib
 from typing import Any
 
+from capojax.data.fetch import DATA_DIR_ENV, default_data_dir, locate
+from capojax.data.sources import SOURCES
+
 __all__ = ["Problem", "BENCHMARKS", "load_benchmark", "default_data_dir", "DATA_DIR_ENV"]
 
-DATA_DIR_ENV = "CAPOJAX_DATA_DIR"
-
-BENCHMARKS: dict[str, str] = {
-    "aime24": "eval/aime24/deepscaler_aime.json",
-    "aime25": "eval/aime25/areal_test.jsonl",
-    "math500": "eval/math500/deepscaler_math.json",
-    "amc23": "eval/amc23/qwen25math_test.jsonl",
-    "amc": "eval/amc/deepscaler_amc.json",
-    "minerva": "eval/minerva/deepscaler_minerva.json",
-    "olympiadbench": "eval/olympiadbench/deepscaler_olympiad_bench.json",
-}
+# name -> file under a data dir (the layout of ../shared/data); sources and hashes in capojax.data.sources
+BENCHMARKS: dict[str, str] = {name: source.path for name, source in SOURCES.items()}
 
 _PROBLEM_KEYS = ("problem", "question", "prompt")
 _ANSWER_KEYS = ("answer", "final_answer", "gold", "ground_truth")
@@ -66,14 +62,6 @@ class Problem:
     id: str
     problem: str
     gold: tuple[str, ...]
-
-
-def default_data_dir() -> pathlib.Path:
-    """``$CAPOJAX_DATA_DIR`` if set, else ``../shared/data`` beside the checkout."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _gold_item(value: Any, where: str) -> str:
@@ -152,29 +140,15 @@ def load_benchmark(
     Args:
       name_or_path: ``aime24 | aime25 | math500 | amc23 | amc | minerva | olympiadbench`` or a file path.
       limit: keep only the first ``limit`` problems (file order), for quick runs.
-      data_dir: where the named benchmarks live (default: :func:`default_data_dir`).
+      data_dir: where the named benchmarks live (default: ../shared/data, the cache, else a verified download;
+        see the module docstring).
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     key = str(name_or_path)
     if key.lower() in BENCHMARKS:
         name = key.lower()
-        root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-        path = root / BENCHMARKS[name]
-        if not path.is_file():
-            if data_dir is not None:
-                origin = "the data_dir argument (--data_dir)"
-            elif os.environ.get(DATA_DIR_ENV):
-                origin = f"${DATA_DIR_ENV}"
-            else:
-                origin = f"the default, ../shared/data beside the checkout ({DATA_DIR_ENV} is unset)"
-            raise FileNotFoundError(
-                f"benchmark {name!r}: its file {BENCHMARKS[name]} is missing from the data dir {root} (taken from "
-                f"{origin}); {path} does not exist. capojax does not ship benchmark files. Set {DATA_DIR_ENV} (or "
-                f"data_dir= / capojax.evaluate --data_dir) to a folder holding eval/ in the layout of "
-                f"../shared/data (see its README), or pass the benchmark file's path instead of its name "
-                f"(e.g. --benchmarks /data/aime24.json)."
-            )
+        path = locate(name, data_dir).path
     else:
         path = pathlib.Path(key).expanduser()
         if path.suffix.lower() not in (".json", ".jsonl"):

@@ -11,6 +11,7 @@ Ordering contract: `N = len(prompts) * params.n` rows, prompt-major (the samples
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -27,6 +28,9 @@ class SamplingParams:
     top_k: int = 0  # 0 disables top-k
     stop_token_ids: tuple[int, ...] = ()  # generation of a row ends after emitting one of these
     seed: int = 0
+    # Subtracted from the logit of every token the row has already *generated* (prompt tokens do not count),
+    # before temperature / top-k / top-p: vLLM's and OpenAI's definition. 0 = off. vLLM accepts [-2, 2].
+    presence_penalty: float = 0.0
 
     def __post_init__(self):
         if self.n < 1:
@@ -39,6 +43,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
+        if not math.isfinite(self.presence_penalty):
+            raise ValueError(f"SamplingParams.presence_penalty must be finite, got {self.presence_penalty}")
 
 
 @dataclasses.dataclass

@@ -6,7 +6,8 @@ Data flow of one `sample` call (`B` prompts, `n` samples each, `N = B * n` rows,
   --repeat each prompt's cache n times, one buffer per layer (keys [N,kv,D,S], values [N,kv,S,D])-->
   --first token sampled from the prefill logits--> `lax.while_loop`s over new tokens, one per segment of
   the completion buffer (see `_segment_ends`), each after growing the cache by the segment's slots:
-       decode the previous token (S=1) -> logits f32[N,V] -> temperature / top-k / top-p -> sample
+       decode the previous token (S=1) -> logits f32[N,V] -> presence penalty -> temperature / top-k / top-p
+       -> sample
   --> until every row has stopped (stop id emitted) or `max_new_tokens` tokens exist.
 
 Cache slots: the prompt sits in slots [0, P) (left padding masked out by `cache_mask`), generated token t
@@ -24,9 +25,15 @@ with attention as matrix-vector products (`_group_einsum`), keeps RNG and arg-ma
 per row and step, inverse-CDF pick) and lets attention read only the slots its segment can have filled.
 
 Recompiles: shapes are the only compile keys besides the static switches (greedy, top-k/top-p on or off,
-samples per prompt; `cpu_tuned`, fixed by the backend). `JaxRolloutEngine` buckets the prompt count, prompt
-length and the completion buffer to powers of two, and temperature, top-p, top-k, max_new_tokens and the stop
-ids are traced values, so a training run compiles once per bucket.
+presence penalty on or off, samples per prompt; `cpu_tuned`, fixed by the backend). `JaxRolloutEngine` buckets
+the prompt count, prompt length and the completion buffer to powers of two, and temperature, top-p, top-k, the
+presence penalty, max_new_tokens and the stop ids are traced values, so a training run compiles once per bucket.
+
+Presence penalty (`SamplingParams.presence_penalty`, off at 0: then the compiled program is the one without it):
+the loop carries bool[N,V] "row r has generated token v" and subtracts penalty * that from the logits before
+temperature, as vLLM does (`apply_penalties`: output tokens only, the prompt does not count). The reported
+log-probs are those of the penalised distribution, like vLLM's `--logprobs-mode processed_logprobs` (which the
+sidecar uses); greedy reports log_softmax of the penalised logits (vLLM's greedy processed log-probs, too).
 """
 
 from __future__ import annotations
@@ -56,6 +63,15 @@ _NEG_INF = -jnp.inf
 # --------------------------------------------------------------------------------------------------
 # Logits processing
 # --------------------------------------------------------------------------------------------------
+
+
+def apply_presence_penalty(logits: jax.Array, generated: jax.Array, penalty: jax.Array) -> jax.Array:
+    """vLLM's / OpenAI's presence penalty: logits f32[N,V] - penalty f32[] * generated bool[N,V] -> f32[N,V].
+
+    generated[r, v]: row r has already generated token v (its prompt does not count). Applied to the raw
+    logits, before temperature, top-k and top-p (vLLM's `apply_penalties` runs before its sampler's temperature).
+    """
+    return logits.astype(jnp.float32) - penalty * generated.astype(jnp.float32)
 
 
 def process_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
@@ -348,8 +364,8 @@ def _grow_cache(cache: _StepCache, extra: int, mesh: Mesh | None) -> _StepCache:
 
 
 def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, top_k, top_p,
-                 max_new_tokens, stop_ids, pad_id, *, n: int, buffer_len: int, greedy: bool,
-                 use_filter: bool, cpu_tuned: bool, mesh: Mesh | None):
+                 max_new_tokens, stop_ids, pad_id, presence_penalty, *, n: int, buffer_len: int, greedy: bool,
+                 use_filter: bool, penalize: bool, cpu_tuned: bool, mesh: Mesh | None):
     model = nnx.merge(graphdef, state)
     B, P = prompt_tokens.shape
     N = B * n
@@ -389,12 +405,14 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
         jnp.arange(N, dtype=jnp.int32), jnp.arange(buffer_len, dtype=jnp.int32))  # [N, T]
     uniforms = _constrain_rows(uniforms, 0, mesh)
 
-    def pick(step_logits, t):
+    def pick(step_logits, t, generated):
         u = jax.lax.dynamic_index_in_dim(uniforms, t, axis=1, keepdims=False)
+        if penalize:  # static: without a penalty the program has no trace of it
+            step_logits = apply_presence_penalty(step_logits, generated, presence_penalty)
         return _select(step_logits, u, temperature, top_k, top_p, greedy=greedy, use_filter=use_filter)
 
     def record(carry_bufs, t, tok, lp):
-        tokens_buf, lp_buf, lengths, done, finished = carry_bufs
+        tokens_buf, lp_buf, lengths, done, finished, generated = carry_bufs
         live = ~done
         tok = jnp.where(live, tok, pad_id)
         lp = jnp.where(live, lp, 0.0)
@@ -404,12 +422,15 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
         hit_stop = live & jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
         finished = finished | hit_stop
         done = done | hit_stop | (t + 1 >= max_new_tokens)
-        return (tokens_buf, lp_buf, lengths, done, finished), tok
+        if generated is not None:  # rows that already ended keep theirs: nothing they draw is kept
+            generated = generated.at[jnp.arange(N), tok].max(live)
+        return (tokens_buf, lp_buf, lengths, done, finished, generated), tok
 
     bufs = (jnp.full((N, buffer_len), pad_id, jnp.int32), jnp.zeros((N, buffer_len), jnp.float32),
-            jnp.zeros((N,), jnp.int32), jnp.zeros((N,), bool), jnp.zeros((N,), bool))
-    bufs = tuple(_constrain_rows(b, 0, mesh) for b in bufs)
-    tok0, lp0 = pick(last_logits, jnp.asarray(0, jnp.int32))
+            jnp.zeros((N,), jnp.int32), jnp.zeros((N,), bool), jnp.zeros((N,), bool),
+            jnp.zeros((N, last_logits.shape[-1]), bool) if penalize else None)  # generated: bool[N,V] or None
+    bufs = tuple(None if b is None else _constrain_rows(b, 0, mesh) for b in bufs)
+    tok0, lp0 = pick(last_logits, jnp.asarray(0, jnp.int32), bufs[5])
     bufs, tok0 = record(bufs, jnp.asarray(0, jnp.int32), tok0, lp0)
 
     carry = (jnp.asarray(1, jnp.int32), tok0, bufs, cache)
@@ -428,7 +449,7 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
             step_rope = tuple(jnp.take(table, row_len + t - 1, axis=0)[:, None] for table in rope)
             step_logits, cache = _decode_one(model, layers, head, prev, step_rope, cache, valid, slot,
                                              cpu_tuned=cpu_tuned)
-            tok, lp = pick(step_logits, t)
+            tok, lp = pick(step_logits, t, bufs[5])
             bufs, tok = record(bufs, t, tok, lp)
             return t + 1, tok, bufs, cache
 
@@ -436,11 +457,11 @@ def _sample_impl(graphdef, state, prompt_tokens, prompt_mask, key, temperature, 
         carry = jax.lax.while_loop(cond, body, (t, prev, bufs, _grow_cache(cache, end - filled, mesh)))
         filled = end
     bufs = carry[2]
-    tokens_buf, lp_buf, lengths, _, finished = bufs
+    tokens_buf, lp_buf, lengths, _, finished, _ = bufs
     return SampleOutput(tokens=tokens_buf, logprobs=lp_buf, lengths=lengths, finished=finished)
 
 
-_STATIC_ARGS = ("graphdef", "n", "buffer_len", "greedy", "use_filter", "cpu_tuned", "mesh")
+_STATIC_ARGS = ("graphdef", "n", "buffer_len", "greedy", "use_filter", "penalize", "cpu_tuned", "mesh")
 _sample_jit = jax.jit(_sample_impl, static_argnames=_STATIC_ARGS)
 
 # XLA:CPU hands dots to YNNPACK by default. On the decode step's chain of 16-row dots, each against a different
@@ -505,6 +526,7 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
     greedy = params.temperature == 0
     use_filter = (not greedy) and (params.top_k > 0 or params.top_p < 1.0)
+    penalize = params.presence_penalty != 0
     if cpu_tuned is None:
         cpu_tuned = jax.default_backend() == "cpu"
     return (_cpu_tuned_jit() if cpu_tuned else _sample_jit)(
@@ -513,7 +535,9 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
         jnp.asarray(params.top_k, jnp.int32), jnp.asarray(params.top_p, jnp.float32),
         jnp.asarray(params.max_new_tokens, jnp.int32),
         jnp.asarray(_stop_array(tuple(eos_ids) + tuple(params.stop_token_ids))), jnp.asarray(pad_id, jnp.int32),
-        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, cpu_tuned=cpu_tuned, mesh=mesh)
+        jnp.asarray(params.presence_penalty, jnp.float32),
+        n=params.n, buffer_len=buffer_len, greedy=greedy, use_filter=use_filter, penalize=penalize,
+        cpu_tuned=cpu_tuned, mesh=mesh)
 
 
 # --------------------------------------------------------------------------------------------------

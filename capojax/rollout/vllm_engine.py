@@ -14,6 +14,9 @@ Request fields that make a rollout trainable:
   so a rollout is reproducible on the same server and weights.
 - `return_tokens_as_token_ids: true`: the `logprobs.tokens` strings are `token_id:<id>`, checked against
   `token_ids` so that log-probs can never be attached to the wrong tokens.
+- `presence_penalty` = params.presence_penalty (vLLM subtracts it from the logits of tokens the sequence has
+  generated, before temperature; processed log-probs are of the penalised distribution, as the JAX sampler's);
+  every other penalty is off. vLLM accepts [-2, 2]: a value outside is refused before any request is sent.
 
 Failure handling: every HTTP call has a socket timeout and is retried with exponential backoff on connection
 errors, timeouts and 5xx answers; a 4xx answer (a bad request: token id out of vocabulary, prompt longer than
@@ -392,7 +395,7 @@ class VLLMRolloutEngine:
             "top_k": params.top_k if params.top_k > 0 else -1,  # -1 disables top-k on every vLLM version
             "min_p": 0.0,
             "repetition_penalty": 1.0,
-            "presence_penalty": 0.0,
+            "presence_penalty": float(params.presence_penalty),  # on generated tokens, as the JAX sampler
             "frequency_penalty": 0.0,
             "logprobs": 0,
             "return_tokens_as_token_ids": True,
@@ -435,6 +438,9 @@ class VLLMRolloutEngine:
         if self._closed:
             raise RuntimeError("VLLMRolloutEngine.generate called after close()")
         check_prompts(prompts)
+        if not -2.0 <= params.presence_penalty <= 2.0:
+            raise ValueError(f"presence_penalty={params.presence_penalty}: vLLM accepts values in [-2, 2]; use one "
+                             "in that range (or the JAX engine, which takes any finite value)")
         self.wake_up()
         stop_ids = list(dict.fromkeys([*params.stop_token_ids, *self.eos_ids]))
         self.model_name  # resolve once, before the threads start  # noqa: B018

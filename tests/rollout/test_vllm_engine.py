@@ -221,6 +221,7 @@ def test_generate_assembles_rollout_prompt_major(fake):
         assert p["model"] == "fake-policy" and p["n"] == 3 and p["max_tokens"] == 6
         assert p["temperature"] == 0.7 and p["top_p"] == 0.9 and p["top_k"] == -1
         assert p["stop_token_ids"] == [3, 2] and p["ignore_eos"] is True
+        assert p["presence_penalty"] == 0.0 and p["frequency_penalty"] == 0.0 and p["repetition_penalty"] == 1.0
         assert p["logprobs"] == 0 and p["return_token_ids"] and p["return_tokens_as_token_ids"]
         assert p["seed"] == prompt_seed(11, i, 3)
     assert len({p["seed"] for p in payloads}) == len(prompts)
@@ -240,6 +241,21 @@ def test_generate_assembles_rollout_prompt_major(fake):
             np.testing.assert_array_equal(out.logprobs[r, k:], 0)
             np.testing.assert_array_equal(out.mask[r], np.arange(6) < k)
     assert saw == {"stop", "length"}  # both endings were exercised
+    engine.close()
+
+
+def test_presence_penalty_reaches_the_request(fake):
+    """DCPO's evaluation samples with presence_penalty 1.5: every request carries it (vLLM applies it to the
+    generated tokens before temperature, like the JAX sampler); outside vLLM's [-2, 2] it is refused up front."""
+    engine = make_engine(fake)
+    params = SamplingParams(n=2, max_new_tokens=4, temperature=0.7, presence_penalty=1.5, seed=3)
+    engine.generate([[5, 6], [7]], params)
+    payloads = fake.completion_payloads()
+    assert len(payloads) == 2 and all(p["presence_penalty"] == 1.5 for p in payloads)
+    assert all(p["frequency_penalty"] == 0.0 and p["repetition_penalty"] == 1.0 for p in payloads)
+    with pytest.raises(ValueError, match=r"vLLM accepts values in \[-2, 2\]"):
+        engine.generate([[5, 6]], SamplingParams(presence_penalty=2.5))
+    assert len(fake.completion_payloads()) == 2  # the refused call sent nothing
     engine.close()
 
 
