@@ -183,6 +183,17 @@ def paper_model(config: ml_collections.ConfigDict, preset: str) -> None:
     config.model.hf_name = HF_NAMES[preset]
 
 
+def switch_algorithm(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Trains `name` on another algorithm's recipe (e.g. GRPO on the CAPO-7B preset): sets `algo.name` and puts the
+    `config.algo` keys that `name` does not read (e.g. CAPO's tau) back to their defaults, since the trainer refuses
+    a key set for another algorithm (capojax.trainer.settings.check_algo_keys)."""
+    from capojax.trainer.settings import drop_foreign_algo_keys
+
+    config.algo.name = name
+    drop_foreign_algo_keys(config.algo)
+    return config
+
+
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shared CPU settings of the tiny_* configs: SFT'd tiny model, synthetic task, 2-core-sized batches."""
     config.model.path = "tiny"
