@@ -7,7 +7,9 @@ Structure (every field has a one-line comment below):
     mesh        the ("fsdp", "tp") device mesh
     data        training prompts: a jsonl/parquet file or the synthetic task, subset, hold-out, template
     rollout     the rollout engine and its sampling settings (train and validation)
-    algo        the objective, looked up by `algo.name` in capojax.objectives.ALGORITHMS, and its hparams
+    algo        the objective, looked up by `algo.name` in capojax.objectives.ALGORITHMS, and the hparams of
+                every algorithm; one read only by other algorithms (e.g. tau for grpo) must keep its default
+                (a start-up error otherwise; `switch_algorithm` drops them when a preset reuses another's recipe)
     optim       optax optimizer and schedule
     train       steps, batch sizes, PPO epochs, seed, failure budget
     checkpoint  orbax checkpoint cadence and retention
