@@ -1,5 +1,6 @@
 """The jitted programs of one RL step, built from a config in one place: used by `Trainer.__init__` (real
-parameters) and by the dry run `capojax.memory_plan` (abstract ones), so the two cannot drift apart.
+parameters) and by the dry run `capojax.memory_plan` (abstract ones), so the two cannot drift apart
+(docs/architecture.md: where each phase's program runs).
 
 `build_step_programs(config, mesh, graphdef, ref_graphdef=...)` returns a `StepPrograms`:
 

@@ -6,7 +6,8 @@
   hyper-parameters (incl. Dr.GRPO's `norm_len`) and whether it needs a reference model.
 - `config_dtype`: a dtype name of `config.model`.
 
-Used by `Trainer.__init__` and by the dry run (`capojax.memory_plan`), through `capojax.trainer.programs`.
+Used by `Trainer.__init__` and by the dry run (`capojax.memory_plan`), through `capojax.trainer.programs`
+(docs/architecture.md).
 
 `config.algo` is one flat namespace that holds every algorithm's hyper-parameters (configs/base.py gives each a
 default). Each `AlgorithmSpec` declares the keys it reads (`AlgorithmSpec.config_keys`); a key that only other

@@ -82,6 +82,7 @@ def test_trainer_and_plan_build_the_same_programs(name, tiny_base, tmp_path, mon
     trainer_calls = _spy(monkeypatch, loop)
     plan_calls = _spy(monkeypatch, programs)  # memory_plan imports the factory from capojax.trainer.programs
     config = _config(name, tiny_base)
+    config.data.max_prompt_len, config.data.holdout = 128, 4  # the synthetic prompts fit; few held out
     trainer = loop.Trainer(config, str(tmp_path / "run"))
     trainer.close()
     plan = mp.memory_plan(config)
