@@ -7,9 +7,10 @@ for the dicts they replace.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 F = TypeVar("F", bound=Callable)
+_REQUIRED = object()
 
 
 class Registry(Mapping[str, Callable]):
@@ -32,16 +33,21 @@ class Registry(Mapping[str, Callable]):
 
         return decorate
 
-    def get(self, name: str) -> Callable:  # type: ignore[override]
-        """The function registered as `name`; a ValueError naming `kind` and the registered names otherwise."""
-        try:
+    def get(self, name: str, default: Any = _REQUIRED) -> Callable:  # type: ignore[override]
+        """The function registered as `name`; for an unknown name `default` when given, else a ValueError naming
+        `kind` and the registered names."""
+        if name in self._fns:
             return self._fns[name]
-        except (KeyError, TypeError):
-            raise ValueError(f"{self.kind}={name!r} is not one of {list(self._fns)}; pick one of those, or register "
-                             f"a new one with @{self.name}.register({name!r}).") from None
+        if default is not _REQUIRED:
+            return default
+        raise ValueError(f"{self.kind}={name!r} is not one of {list(self._fns)}; pick one of those, or register "
+                         f"a new one with @{self.name}.register({name!r}).")
 
     def __getitem__(self, name: str) -> Callable:
         return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fns
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fns)

@@ -47,6 +47,7 @@ def test_register_get_and_duplicates():
         return 2 * x
 
     assert reg.get("double") is double and reg["double"] is double and "double" in reg and len(reg) == 1
+    assert "triple" not in reg and reg.get("triple", None) is None  # the Mapping protocol for membership tests
     with pytest.raises(ValueError, match="'double' is already registered"):
         reg.register("double")(lambda x: x)
     with pytest.raises(ValueError, match=r"agg='triple' is not one of \['double'\].*@somewhere.REG.register\('triple'\)"):
