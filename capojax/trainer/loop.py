@@ -9,9 +9,10 @@ engine, and `Trainer.train_step` runs one step as its phases, in this order (doc
     sync        the new weights to the rollout engine
     log         the step's metrics and text samples (written by `run` through capojax.trainer.logger)
 
-Each phase is a method wrapped by `phase`, which times it (`timing/<phase>`) and runs the fault-injection hook of
-its boundary (capojax.trainer.faults); the jitted programs come from `capojax.trainer.programs`, the config
-checks and the algorithm's settings from `capojax.trainer.settings`. The algorithm is data: `config.algo.name`
+Each phase from rollout to sync is a method wrapped by `phase`, which times it (`timing/<phase>`; `timing/step`
+covers them all) and runs the fault-injection hook of its boundary (capojax.trainer.faults). The jitted programs
+come from `capojax.trainer.programs`, the config checks and the algorithm's settings from
+`capojax.trainer.settings`. The algorithm is data: `config.algo.name`
 picks an `AlgorithmSpec`, whose advantage estimator and objective the loop calls without branching on the name.
 
 Start-up writes nothing to the workdir until the config is validated, the workdir checked, the model and
