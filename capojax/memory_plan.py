@@ -2,13 +2,14 @@
 
 Nothing is materialised. The actor (`model.param_dtype`), the reference (`model.ref_dtype`) and the optimizer
 state are built abstractly (`nnx.eval_shape` / `jax.eval_shape`) with the shardings `capojax.sharding` gives them
-on the configured ("fsdp", "tp") mesh; then the trainer's own jitted programs are lowered and compiled with the
-real shapes and shardings:
+on the configured ("fsdp", "tp") mesh; then the trainer's own jitted programs, built by the same factory as the
+Trainer's (`capojax.trainer.programs.build_step_programs`), are lowered and compiled with the real shapes and
+shardings:
 
-- the PPO update (`make_update_fn`, the config's algorithm objective): a mini-batch of
+- the PPO update (the config's algorithm objective): a mini-batch of
   `train.ppo_mini_batch * rollout.n` rows of `data.max_prompt_len + rollout.max_new_tokens` tokens, split into
   micro-batches of `train.micro_batch` rows, and
-- the teacher-forced log-prob pass (`make_logprob_fn`) over a whole step, `train.prompts_per_step * rollout.n`
+- the teacher-forced log-prob pass over a whole step, `train.prompts_per_step * rollout.n`
   rows, for the actor and (when the algorithm reads it) the reference.
 
 XLA's memory analysis of each compiled program gives the per-device bytes of its arguments, outputs (minus the
@@ -324,21 +325,6 @@ def abstract_model(qcfg, *, param_dtype, compute_dtype, remat: bool, mesh):
     return graphdef, params
 
 
-def abstract_opt_state(optimizer, params, mesh):
-    """The optimizer state of `params` (ShapeDtypeStructs), sharded like the trainer does: per-parameter leaves
-    (Adam's mu, nu) like their parameter, counters replicated."""
-    import jax
-    import optax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    abstract = jax.eval_shape(optimizer.init, params)
-    param_sh = jax.tree.map(lambda x: x.sharding, params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract, param_sh,
-                                      transform_non_params=lambda _: replicated)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 def _validate(config, fsdp: int) -> None:
     t, r = config.train, config.rollout
     rows = int(t.ppo_mini_batch) * int(r.n)
@@ -354,29 +340,15 @@ def _validate(config, fsdp: int) -> None:
             f"devices; use a multiple of {fsdp} for config.train.micro_batch")
 
 
-def memory_plan(config) -> MemoryPlan:
-    """Build everything abstractly on the configured mesh, compile the update and log-prob passes, measure."""
+def _planned_mesh(config):
+    """(mesh, node layout or None): the configured mesh on the planned devices (fewer when a launched vLLM server
+    takes GPUs of the node: the trainer gets N - k of them, or a memory share when co-located)."""
     import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from capojax import objectives
-    from capojax.sharding import make_mesh
-    from capojax.trainer.logprobs import chunk_count, make_logprob_fn
-    from capojax.trainer.loop import DTYPES, algo_overrides
-    from capojax.trainer.optim import build_optimizer
-    from capojax.trainer.update import make_update_fn
-
-    def dtype(key: str):
-        name = str(config.model[key])
-        if name not in DTYPES:
-            raise ValueError(f"config.model.{key}={name!r} is not a dtype; use one of {sorted(DTYPES)}")
-        return DTYPES[name]
 
     from capojax.rollout import layout as layout_lib
+    from capojax.sharding import make_mesh
 
     n_dev = planned_device_count(config)
-    # A launched vLLM server on the node: the trainer gets N - k GPUs (dedicated) or a memory share (co-located).
     layout = layout_lib.node_layout(config, n_dev) if layout_lib.layout_requested(config) else None
     trainer_devices = layout.trainer_device_count if layout is not None else n_dev
     tp = int(config.mesh.tp)
@@ -387,42 +359,54 @@ def memory_plan(config) -> MemoryPlan:
             f"the planned mesh fsdp={fsdp} x tp={tp} needs {fsdp * tp} devices but jax sees {len(devices)}; run through "
             f"`python -m capojax.train --config.dry_run=True` (it fakes host devices) or set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={fsdp * tp} before jax is imported")
-    mesh = make_mesh(fsdp, tp, devices[: fsdp * tp])
     _validate(config, fsdp)
+    return make_mesh(fsdp, tp, devices[: fsdp * tp]), layout
+
+
+@dataclasses.dataclass
+class _AbstractRun:
+    """Everything the plan measures, built abstractly: model config, dtypes, parameters, the step's programs."""
+
+    qcfg: Any
+    source: str
+    dtypes: dict[str, Any]  # "param", "compute", "ref" -> jnp dtype
+    params: Any
+    ref_params: Any  # None without a reference
+    opt_state: Any
+    programs: Any  # capojax.trainer.programs.StepPrograms
+
+
+def _abstract_run(config, mesh) -> _AbstractRun:
+    """Actor, reference and optimizer state as sharded ShapeDtypeStructs, and the trainer's own step programs."""
+    from capojax.trainer.programs import abstract_opt_state, build_step_programs
+    from capojax.trainer.settings import algorithm_settings, config_dtype
 
     qcfg, source = resolve_model_config(config.model)
-    param_dtype, compute_dtype, ref_dtype = dtype("param_dtype"), dtype("dtype"), dtype("ref_dtype")
-    remat = bool(config.model.remat)
-    graphdef, params = abstract_model(qcfg, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat, mesh=mesh)
-
-    spec = objectives.get_algorithm(str(config.algo.name))
-    needs_reference = bool(config.algo.kl_coef) or spec.reads_reference(
-        **algo_overrides(spec.advantage_hparams, config.algo))
+    dtypes = {"param": config_dtype(config.model, "param_dtype"), "compute": config_dtype(config.model, "dtype"),
+              "ref": config_dtype(config.model, "ref_dtype")}
+    graphdef, params = abstract_model(qcfg, param_dtype=dtypes["param"], compute_dtype=dtypes["compute"],
+                                      remat=bool(config.model.remat), mesh=mesh)
+    algorithm = algorithm_settings(config)
     ref_graphdef = ref_params = None
-    if needs_reference:
-        ref_graphdef, ref_params = abstract_model(qcfg, param_dtype=ref_dtype, compute_dtype=compute_dtype,
+    if algorithm.needs_reference:
+        ref_graphdef, ref_params = abstract_model(qcfg, param_dtype=dtypes["ref"], compute_dtype=dtypes["compute"],
                                                   remat=False, mesh=mesh)
+    programs = build_step_programs(config, mesh, graphdef, ref_graphdef=ref_graphdef, algorithm=algorithm)
+    return _AbstractRun(qcfg, source, dtypes, params, ref_params,
+                        abstract_opt_state(programs.optimizer, params, mesh), programs)
+
+
+def _batch_shapes(config, mesh, *, with_reference: bool) -> dict[str, Any]:
+    """ShapeDtypeStructs (rows over fsdp) of one mini-batch, the step's token arrays and what the step keeps on
+    device during the updates (token arrays + old/ref log-probs, entropy, advantages)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
 
     t, r = config.train, config.rollout
-    updates_per_step = int(t.ppo_epochs) * (int(t.prompts_per_step) // int(t.ppo_mini_batch))
-    optimizer = build_optimizer(config.optim, int(t.steps) * updates_per_step)
-    opt_state = abstract_opt_state(optimizer, params, mesh)
-
-    # The objective exactly as the Trainer builds it (config overrides of the spec's loss hparams).
-    loss_overrides = {}
-    for key in spec.loss_hparams:
-        cfg_key = "loss_agg" if key == "agg" else key
-        if cfg_key in config.algo and config.algo[cfg_key] not in ("", None):
-            loss_overrides[key] = config.algo[cfg_key]
-    objective = spec.objective(**loss_overrides)
-    agg = loss_overrides.get("agg", spec.loss_hparams["agg"])
-    temperature = float(r.temperature) or 1.0
-
-    rows = int(t.ppo_mini_batch) * int(r.n)
-    step_rows = int(t.prompts_per_step) * int(r.n)
-    micro = int(t.micro_batch) or rows
-    P, T = int(config.data.max_prompt_len), int(r.max_new_tokens)
-    L = P + T
+    rows, step_rows = int(t.ppo_mini_batch) * int(r.n), int(t.prompts_per_step) * int(r.n)
+    T = int(r.max_new_tokens)
+    L = int(config.data.max_prompt_len) + T
     batch_sh = NamedSharding(mesh, PartitionSpec("fsdp"))
 
     def arr(shape, dt):
@@ -435,52 +419,59 @@ def memory_plan(config) -> MemoryPlan:
     minibatch = {"input_ids": ids, "attention_mask": mask, "positions": pos,
                  "response_mask": arr((rows, T), jnp.bool_), "old_logp": arr((rows, T), jnp.float32),
                  "advantages": arr((rows, T), jnp.float32)}
-    if needs_reference:
+    if with_reference:
         minibatch["ref_logp"] = arr((rows, T), jnp.float32)
-    # The step's rows stay on device while the updates run (input arrays + old/ref log-probs, entropy, advantages).
-    step_tree = {"tokens": token_arrays(step_rows), "response_mask": arr((step_rows, T), jnp.bool_),
-                 "f32": [arr((step_rows, T), jnp.float32) for _ in range(4 if needs_reference else 3)]}
+    kept = {"tokens": token_arrays(step_rows), "response_mask": arr((step_rows, T), jnp.bool_),
+            "f32": [arr((step_rows, T), jnp.float32) for _ in range(4 if with_reference else 3)]}
+    return {"minibatch": minibatch, "step_tokens": token_arrays(step_rows), "kept": kept}
 
-    update_fn = make_update_fn(graphdef, optimizer, objective, temperature=temperature, micro_batches=rows // micro,
-                               weight_by_tokens=agg == "token-mean", mesh=mesh,
-                               with_entropy=bool(loss_overrides.get("entropy_coef", spec.loss_hparams["entropy_coef"])))
-    update_mem = _compile("update", update_fn, params, opt_state, minibatch)
 
-    step_ids, step_mask, step_pos = token_arrays(step_rows)
-    # As the Trainer: the log-prob passes run the step's rows in chunks of at most train.micro_batch rows.
-    chunk = int(t.micro_batch) or None
-    chunk_rows = step_rows // chunk_count(step_rows, chunk)
-    logprob_fn = make_logprob_fn(graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=mesh)
-    logprob_mem = _compile("log-prob", logprob_fn, params, step_ids, step_mask, step_pos, prompt_len=P)
+def memory_plan(config) -> MemoryPlan:
+    """Build everything abstractly on the configured mesh, compile the update and log-prob passes, measure."""
+    import jax
+    import jax.numpy as jnp
+
+    from capojax.rollout import layout as layout_lib
+    from capojax.trainer.logprobs import chunk_count
+
+    mesh, layout = _planned_mesh(config)
+    fsdp, tp = int(mesh.shape["fsdp"]), int(mesh.shape["tp"])
+    run = _abstract_run(config, mesh)
+    programs, needs_reference = run.programs, run.programs.algorithm.needs_reference
+    t, r = config.train, config.rollout
+    P, T = int(config.data.max_prompt_len), int(r.max_new_tokens)
+    rows, step_rows = int(t.ppo_mini_batch) * int(r.n), int(t.prompts_per_step) * int(r.n)
+    shapes = _batch_shapes(config, mesh, with_reference=needs_reference)
+
+    update_mem = _compile("update", programs.update, run.params, run.opt_state, shapes["minibatch"])
+    logprob_mem = _compile("log-prob", programs.logprob, run.params, *shapes["step_tokens"], prompt_len=P)
     ref_mem = None
     if needs_reference:
-        ref_fn = make_logprob_fn(ref_graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=mesh)
-        ref_mem = _compile("ref log-prob", ref_fn, ref_params, step_ids, step_mask, step_pos, prompt_len=P)
+        ref_mem = _compile("ref log-prob", programs.ref_logprob, run.ref_params, *shapes["step_tokens"], prompt_len=P)
 
-    sampler = jax_sampler_memory(qcfg, prompts=int(t.prompts_per_step), n=int(r.n), prompt_len=P, new_tokens=T,
-                                 fsdp=fsdp, tp=tp, compute_itemsize=jnp.dtype(compute_dtype).itemsize,
-                                 params_per_device=_bytes_per_device(params),
-                                 param_itemsize=jnp.dtype(param_dtype).itemsize)
+    sampler = jax_sampler_memory(run.qcfg, prompts=int(t.prompts_per_step), n=int(r.n), prompt_len=P, new_tokens=T,
+                                 fsdp=fsdp, tp=tp, compute_itemsize=jnp.dtype(run.dtypes["compute"]).itemsize,
+                                 params_per_device=_bytes_per_device(run.params),
+                                 param_itemsize=jnp.dtype(run.dtypes["param"]).itemsize)
     budget = float(config.get("device_memory_gb", DEFAULT_DEVICE_MEMORY_GB))
     server = None
     if layout is not None:
         budget = layout.trainer_budget_gb
-        max_len = int(r.get("vllm_max_model_len", 0) or 0) or L + 1
-        server = layout_lib.plan_server(layout, qcfg, dtype_bytes=4 if str(r.vllm_dtype) == "float32" else 2,
+        max_len = int(r.get("vllm_max_model_len", 0) or 0) or P + T + 1
+        server = layout_lib.plan_server(layout, run.qcfg, dtype_bytes=4 if str(r.vllm_dtype) == "float32" else 2,
                                         max_model_len=max_len, step_rows=step_rows)
     return MemoryPlan(
-        model=str(config.model.get("hf_name", "") or config.model.get("path", "")) or source, model_source=source,
-        num_params=sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params)),
-        mesh={"fsdp": fsdp, "tp": tp},
-        dtypes={"param": jnp.dtype(param_dtype).name, "compute": jnp.dtype(compute_dtype).name,
-                "ref": jnp.dtype(ref_dtype).name},
-        remat=remat, rows_per_update=rows, micro_batch_rows=micro, rows_per_step=step_rows, logprob_chunk_rows=chunk_rows,
-        seq_len=L, response_len=T, vocab_size=int(qcfg.vocab_size),
-        params=_bytes_per_device(params), params_total=_bytes_total(params),
-        opt_state=_bytes_per_device(opt_state), opt_state_total=_bytes_total(opt_state),
-        reference=_bytes_per_device(ref_params) if needs_reference else 0,
-        reference_total=_bytes_total(ref_params) if needs_reference else 0,
-        step_batch=_bytes_per_device(step_tree), kv_cache_jax=sampler["kv_cache"],
+        model=str(config.model.get("hf_name", "") or config.model.get("path", "")) or run.source,
+        model_source=run.source, num_params=sum(int(math.prod(x.shape)) for x in jax.tree.leaves(run.params)),
+        mesh={"fsdp": fsdp, "tp": tp}, dtypes={k: jnp.dtype(v).name for k, v in run.dtypes.items()},
+        remat=bool(config.model.remat), rows_per_update=rows, micro_batch_rows=rows // programs.micro_batches,
+        rows_per_step=step_rows, logprob_chunk_rows=step_rows // chunk_count(step_rows, programs.logprob_chunk_rows),
+        seq_len=P + T, response_len=T, vocab_size=int(run.qcfg.vocab_size),
+        params=_bytes_per_device(run.params), params_total=_bytes_total(run.params),
+        opt_state=_bytes_per_device(run.opt_state), opt_state_total=_bytes_total(run.opt_state),
+        reference=_bytes_per_device(run.ref_params) if needs_reference else 0,
+        reference_total=_bytes_total(run.ref_params) if needs_reference else 0,
+        step_batch=_bytes_per_device(shapes["kept"]), kv_cache_jax=sampler["kv_cache"],
         update=update_mem, logprob=logprob_mem, ref_logprob=ref_mem, budget=int(budget * GB),
         rollout_engine=str(r.engine), rollout_rows=sampler["rows"], rollout_slots=sampler["slots"],
         decode_weights=sampler["decode_weights"], sampler_logits=sampler["logits"], server=server,

@@ -149,12 +149,17 @@ def plan_cells(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
         raise StudyConfigError(f"config.window must be >= 1 evaluation, got {config.window}")
     if not int(config.run.log.val_every):
         raise StudyConfigError("config.run.log.val_every is 0: the study needs evaluations")
+    from capojax.trainer.settings import drop_foreign_algo_keys
+
     cells = []
     for seed in seeds:
         for variant in variants:
             cfg = ml_collections.ConfigDict(config.run.to_dict())
             for key, value in VARIANTS[variant].items():
                 set_dotted(cfg, key, value)
+            # The run config is shared: a setting for one algorithm (e.g. run.algo.tau for the CAPO cells) is not
+            # one the other cells refuse to start with.
+            drop_foreign_algo_keys(cfg.algo)
             cfg.train.seed = seed
             cfg.data.shuffle_seed = seed  # the seed sets the prompt stream too, not only the sampling keys
             cfg.log.val_at_start = not cells  # the base is evaluated once, by the first cell (fixed key: same numbers)

@@ -58,12 +58,22 @@ def _print_first_prompt(config) -> int:
     return 0
 
 
+def _check_algo_keys_given(config) -> None:
+    """`--config.algo.tau=0.6` with `algo.name=grpo` is an error even at tau's default value: the user asked for a
+    setting the algorithm ignores (the Trainer checks values; only the command line knows what was given)."""
+    from capojax.trainer.settings import check_algo_keys
+
+    given = config_flags.get_override_values(flags.FLAGS["config"])
+    check_algo_keys(config.algo, explicit=[key.split(".", 1)[1] for key in given if key.startswith("algo.")])
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise errors.UserError(f"unexpected arguments {argv[1:]}; settings go through --config.KEY=VALUE")
     config = _CONFIG.value
     if config is None:
         raise errors.UserError("--config=configs/NAME.py is required (see configs/ for the available files)")
+    _check_algo_keys_given(config)
     # Libraries (orbax, jax) log every checkpoint at INFO; keep their warnings and our own progress.
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("capojax").setLevel(logging.INFO)

@@ -7,7 +7,9 @@ Structure (every field has a one-line comment below):
     mesh        the ("fsdp", "tp") device mesh
     data        training prompts: a jsonl/parquet file or the synthetic task, subset, hold-out, template
     rollout     the rollout engine and its sampling settings (train and validation)
-    algo        the objective, looked up by `algo.name` in capojax.objectives.ALGORITHMS, and its hparams
+    algo        the objective, looked up by `algo.name` in capojax.objectives.ALGORITHMS, and the hparams of
+                every algorithm; one read only by other algorithms (e.g. tau for grpo) must keep its default
+                (a start-up error otherwise; `switch_algorithm` drops them when a preset reuses another's recipe)
     optim       optax optimizer and schedule
     train       steps, batch sizes, PPO epochs, seed, failure budget
     checkpoint  orbax checkpoint cadence and retention
@@ -181,6 +183,17 @@ def paper_model(config: ml_collections.ConfigDict, preset: str) -> None:
     """Points the model section at a paper checkpoint (path left for the user to set)."""
     config.model.path = ""
     config.model.hf_name = HF_NAMES[preset]
+
+
+def switch_algorithm(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Trains `name` on another algorithm's recipe (e.g. GRPO on the CAPO-7B preset): sets `algo.name` and puts the
+    `config.algo` keys that `name` does not read (e.g. CAPO's tau) back to their defaults, since the trainer refuses
+    a key set for another algorithm (capojax.trainer.settings.check_algo_keys)."""
+    from capojax.trainer.settings import drop_foreign_algo_keys
+
+    config.algo.name = name
+    drop_foreign_algo_keys(config.algo)
+    return config
 
 
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -10,7 +10,6 @@ from configs import capo_1p5b  # noqa: E402
 
 
 def get_config():
-    config = capo_1p5b.get_config()
-    config.algo.name = "grpo"  # (r - mean) / std advantage
+    config = base.switch_algorithm(capo_1p5b.get_config(), "grpo")  # (r - mean) / std advantage
     config.train.micro_batch = 64  # rows per forward/backward chunk: the largest with >= 15% headroom on 8x80 GB (dry-run plan 54%)
     return config

@@ -11,7 +11,7 @@ from configs import capo_1p5b  # noqa: E402
 
 def as_gspo(config):
     """The GSPO objective on a CAPO recipe (shared by gspo_1p5b and gspo_7b)."""
-    config.algo.name = "gspo"  # sequence-level ratio (geometric mean of token ratios), GRPO advantage
+    base.switch_algorithm(config, "gspo")  # sequence-level ratio (geometric mean of token ratios), GRPO advantage
     config.algo.clip_low = 3e-4  # GSPO clips the sequence ratio much tighter than PPO's 0.2
     config.algo.clip_high = 4e-4  # GSPO paper's asymmetric range
     config.algo.loss_agg = "seq-mean-token-mean"  # J_GSPO is a mean over the G sequences (GSPO paper)

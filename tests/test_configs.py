@@ -161,3 +161,23 @@ def test_gspo_7b_and_the_mask_only_ablation():
     assert not reads_reference(load("grpo_1p5b"))
     assert not reads_reference(load("capo_1p5b", "--config.algo.use_ref_mask=False"))
     assert load("grpo_1p5b").algo.use_ref_mask is None  # None: the algorithm's own choice
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_passes_the_startup_checks(name):
+    """Sizes, engine, algorithm vs template, and no config.algo key set for another algorithm."""
+    from capojax.trainer.loop import validate_config
+
+    validate_config(load(name))
+
+
+def test_presets_on_another_algorithms_recipe_drop_its_settings():
+    """grpo_7b and gspo_7b start from capo_7b, whose tau 0.5 is CAPO's: they put it back to the default instead of
+    carrying a setting their algorithm would ignore (which the trainer refuses at start-up)."""
+    from capojax.trainer.settings import check_algo_keys
+
+    assert load("capo_7b").algo.tau == 0.5
+    for name in ("grpo_7b", "gspo_7b", "grpo_1p5b", "gspo_1p5b"):
+        assert load(name).algo.tau == 0.6, name
+    with pytest.raises(ValueError, match="config.algo.tau=0.5 is read only by capo"):
+        check_algo_keys(load("capo_7b", "--config.algo.name=grpo").algo)

@@ -75,6 +75,22 @@ def test_plan_cells_applies_variants_and_seeds(tmp_path):
     assert all(c.config.data.template == "dcpo" for c in cells)  # one base, one template for every variant
 
 
+def test_a_shared_setting_of_one_algorithm_reaches_only_its_cells(tmp_path):
+    """run.algo.tau is CAPO's: the CAPO cells train with it, the others get the default back instead of refusing to
+    start with a key their algorithm does not read (capojax.trainer.settings.check_algo_keys)."""
+    from capojax.trainer.settings import check_algo_keys
+
+    config = study_calibration.get_config()
+    config.run.algo.tau = 0.3
+    config.run.algo.lam = 0.7
+    cells = {c.name: c for c in study.plan_cells(config, tmp_path)}
+    assert cells["capo-s0"].config.algo.tau == 0.3 and cells["capo-s0"].config.algo.lam == 0.5
+    assert cells["dcpo-s0"].config.algo.lam == 0.7 and cells["dcpo-s0"].config.algo.tau == 0.6
+    assert (cells["grpo-s0"].config.algo.tau, cells["grpo-s0"].config.algo.lam) == (0.6, 0.5)
+    for cell in cells.values():
+        check_algo_keys(cell.config.algo)
+
+
 def test_quick_study_is_two_variants_one_seed_few_steps():
     config = study_calibration.get_config()
     config.quick = True

@@ -65,6 +65,28 @@ def test_unknown_config_key_names_the_key(tmp_path):
     assert proc.returncode != 0 and "tua" in proc.stderr
 
 
+def test_a_key_of_another_algorithm_given_on_the_command_line_is_refused(tmp_path):
+    """tau is CAPO's: given to GRPO it would be ignored, so the command stops, even at tau's default value."""
+    proc = run_cli("tiny_grpo", tmp_path, "--config.algo.tau=0.6", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: config.algo.tau=0.6 is read only by capo, not by config.algo.name='grpo', so it would be ignored; "
+        "remove the tau setting (from the command line or the config file), or set --config.algo.name to an "
+        "algorithm that reads it (capo)")
+    assert not tmp_path.joinpath("checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_nan_fault_at_the_advantage_boundary_skips_that_steps_updates(tiny_base, tmp_path):
+    """CAPOJAX_FAULTS=nan@advantage:1 poisons step 1's advantages after the advantage phase: every update of step 1
+    is skipped by the non-finite guard, step 2 trains normally."""
+    run_cli("tiny_grpo", tmp_path, f"--config.model.path={tiny_base}", *FAST, "--config.log.val_every=0",
+            env_extra={"CAPOJAX_FAULTS": "nan@advantage:1"})
+    first, second = read_metrics(tmp_path)
+    assert first["update/skipped"] == first["update/count"] == 2 and first["adv/abs_mean"] is None
+    assert second["update/skipped"] == 0 and second["adv/abs_mean"] is not None
+
+
 def test_missing_paper_checkpoint_says_where_to_get_it(tmp_path):
     proc = run_cli("capo_1p5b", tmp_path, check=False)
     assert proc.returncode != 0

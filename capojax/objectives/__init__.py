@@ -56,6 +56,7 @@ from capojax.objectives.advantages import (
 from capojax.objectives.algorithms import ALGORITHMS, AlgorithmSpec, Objective, get_algorithm, make_objective
 from capojax.objectives.losses import (
     AGGREGATIONS,
+    KL_ESTIMATORS,
     KL_KINDS,
     RATIO_LEVELS,
     aggregate,
@@ -65,6 +66,7 @@ from capojax.objectives.losses import (
     kl_per_token,
     masked_mean,
     policy_loss,
+    ppo_clip,
     sequence_log_ratio,
     sequence_ratio,
 )
@@ -86,6 +88,7 @@ __all__ = [
     "AlgorithmSpec",
     "Exponential",
     "Hinge",
+    "KL_ESTIMATORS",
     "KL_KINDS",
     "Linear",
     "Logistic",
@@ -115,6 +118,7 @@ __all__ = [
     "pairwise_advantages",
     "pairwise_surrogate_loss",
     "policy_loss",
+    "ppo_clip",
     "register_advantage_estimator",
     "sequence_log_ratio",
     "sequence_ratio",

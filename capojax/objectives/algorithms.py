@@ -22,6 +22,11 @@ from capojax.objectives.losses import entropy_bonus, kl_penalty, policy_loss
 Objective = Callable[[jax.Array, jax.Array | None, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 _LOSS_KEYS = ("clip_low", "clip_high", "dual_clip", "agg", "norm_len", "kl_coef", "kl_kind", "entropy_coef")
+# The `config.algo` name of a hyper-parameter where it differs from the keyword (configs/base.py).
+CONFIG_KEYS = {"agg": "loss_agg"}
+# Hyper-parameters the trainer sets from other config sections, never from config.algo (norm_len: the response
+# limit rollout.max_new_tokens).
+_NOT_IN_ALGO_CONFIG = ("norm_len",)
 
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -37,6 +42,9 @@ class AlgorithmSpec:
     advantage_hparams: keyword defaults for the estimator, plus the reference-PPL mask's (`REF_MASK_HPARAMS`:
                        use_ref_mask, ref_high, ref_low; off unless the spec turns it on), which any estimator takes
     loss_hparams:      clip_low, clip_high, dual_clip, agg, norm_len, kl_coef, kl_kind, entropy_coef
+    config_keys:       (derived) the `config.algo` keys this algorithm reads: its advantage and loss
+                       hyper-parameters under their config names (`CONFIG_KEYS`), without `norm_len`. The trainer
+                       refuses a key set in the config that only other algorithms read (capojax.trainer.settings).
     needs_confidence:  the advantages read a stated confidence (AdvantageInputs.confidence / confidence_mask), so
                        the prompts must ask for a `CONFIDENCE: p` line and the responses must be parsed for it
                        (DCPO). The trainer refuses such an algorithm on a template that asks for none, instead of
@@ -58,6 +66,20 @@ class AlgorithmSpec:
             raise ValueError(f"{self.name}: unknown loss hparams {sorted(unknown)}; known: {list(_LOSS_KEYS)}.")
         object.__setattr__(self, "advantage_hparams", _frozen({**REF_MASK_HPARAMS, **self.advantage_hparams}))
         object.__setattr__(self, "loss_hparams", _frozen({**_LOSS_DEFAULTS, **self.loss_hparams}))
+
+    @property
+    def config_keys(self) -> frozenset[str]:
+        loss = (CONFIG_KEYS.get(k, k) for k in self.loss_hparams if k not in _NOT_IN_ALGO_CONFIG)
+        return frozenset((*self.advantage_hparams, *loss))
+
+    def config_default(self, config_key: str) -> Any:
+        """This algorithm's default of one of its `config_keys`."""
+        if config_key in self.advantage_hparams:
+            return self.advantage_hparams[config_key]
+        by_config_name = {CONFIG_KEYS.get(k, k): k for k in self.loss_hparams}
+        if config_key not in by_config_name or config_key in _NOT_IN_ALGO_CONFIG:
+            raise KeyError(f"{self.name} does not read config.algo.{config_key}; it reads {sorted(self.config_keys)}")
+        return self.loss_hparams[by_config_name[config_key]]
 
     def advantages(self, inputs: AdvantageInputs, **overrides: Any) -> jax.Array:
         """Token-level advantages f32[B,G,T] with the spec's defaults, `overrides` taking precedence."""
@@ -196,4 +218,4 @@ def get_algorithm(name: str) -> AlgorithmSpec:
     return ALGORITHMS[name]
 
 
-__all__ = ["ALGORITHMS", "AlgorithmSpec", "Objective", "get_algorithm", "make_objective"]
+__all__ = ["ALGORITHMS", "CONFIG_KEYS", "AlgorithmSpec", "Objective", "get_algorithm", "make_objective"]

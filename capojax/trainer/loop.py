@@ -1,8 +1,19 @@
-"""The RL loop: one step is prompts -> rollouts -> rewards -> old/reference log-probs -> advantages -> PPO
-updates -> metrics -> checkpoint -> weight sync (see DESIGN.md). Every phase is timed (`timing/*`).
+"""The RL loop: `Trainer` owns the actor, the reference, the optimizer state, the data iterator and the rollout
+engine, and `Trainer.train_step` runs one step as its phases, in this order (docs/architecture.md):
 
-The algorithm is data: `config.algo.name` picks an `AlgorithmSpec` from `capojax.objectives.ALGORITHMS`, whose
-advantage estimator and objective this loop calls without ever branching on the name.
+    rollout     rollout.n completions per prompt from the rollout engine (JAX sampler or vLLM)
+    reward      grade them (math-verify) and parse a stated confidence               capojax.trainer.scoring
+    old_logp    the actor's teacher-forced log-probs and entropy (then ref_logp: the reference's, when needed)
+    advantage   the algorithm's advantages f32[B,G,T]                                  capojax.objectives
+    update      PPO updates over shuffled mini-batches                                 capojax.trainer.update
+    sync        the new weights to the rollout engine
+    log         the step's metrics and text samples (written by `run` through capojax.trainer.logger)
+
+Each phase from rollout to sync is a method wrapped by `phase`, which times it (`timing/<phase>`; `timing/step`
+covers them all) and runs the fault-injection hook of its boundary (capojax.trainer.faults). The jitted programs
+come from `capojax.trainer.programs`, the config checks and the algorithm's settings from
+`capojax.trainer.settings`. The algorithm is data: `config.algo.name`
+picks an `AlgorithmSpec`, whose advantage estimator and objective the loop calls without branching on the name.
 
 Start-up writes nothing to the workdir until the config is validated, the workdir checked, the model and
 tokenizer loaded and the data built; the resources opened after that (checkpointer, logger, rollout engine) are
@@ -17,15 +28,13 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -33,7 +42,6 @@ from capojax import checkpoint as ckpt_lib
 from capojax import metrics as metrics_lib
 from capojax import objectives
 from capojax.data import pipeline
-from capojax.data.templates import asks_for_confidence
 from capojax.errors import ConfigError, StoppedBySignal
 from capojax.models import load_pretrained, save_pretrained
 from capojax.rollout.base import RolloutEngine, SamplingParams
@@ -43,89 +51,19 @@ from capojax.tokenizer import load_tokenizer, special_token_ids
 from capojax.trainer import batch as batch_lib
 from capojax.trainer import faults
 from capojax.trainer.logger import MetricsLogger
-from capojax.trainer.logprobs import make_logprob_fn
-from capojax.trainer.optim import build_optimizer
+from capojax.trainer.optim import current_learning_rate
 from capojax.trainer.preemption import StopSignals
+from capojax.trainer.programs import build_step_programs, init_opt_state
 from capojax.trainer.scoring import score_rollout
-from capojax.trainer.update import make_update_fn
+# Re-exported: the config checks used to live here (tests, capojax.train and scripts import them from the loop).
+from capojax.trainer.settings import (DTYPES, ROLLOUT_ENGINES, algo_overrides, algorithm_settings,  # noqa: F401
+                                      check_algorithm_fits_data, config_dtype, parses_confidence, validate_config)
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ROLLOUT_ENGINES = ("jax", "vllm")
-
-
-def algo_overrides(defaults, algo_cfg, renames: dict[str, str] | None = None) -> dict[str, Any]:
-    """The config.algo values of a spec's own hyper-parameters (`defaults`' keys, config key renamed by `renames`);
-    an empty string or None keeps the spec's default."""
-    renames = renames or {}
-    out = {}
-    for key in defaults:
-        cfg_key = renames.get(key, key)
-        if cfg_key in algo_cfg and algo_cfg[cfg_key] not in ("", None):
-            out[key] = algo_cfg[cfg_key]
-    return out
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite updates in a row); the message says why."""
-
-
-def _dtype(name: str, key: str):
-    if name not in DTYPES:
-        raise ConfigError(f"config.{key}={name!r} is not a dtype; use one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
-def validate_config(config) -> None:
-    """Catches inconsistent sizes before anything expensive happens."""
-    t, r = config.train, config.rollout
-    if t.prompts_per_step <= 0 or t.ppo_mini_batch <= 0:
-        raise ConfigError("config.train.prompts_per_step and config.train.ppo_mini_batch must be positive")
-    if t.prompts_per_step % t.ppo_mini_batch:
-        raise ConfigError(
-            f"config.train.prompts_per_step={t.prompts_per_step} is not a multiple of "
-            f"config.train.ppo_mini_batch={t.ppo_mini_batch}; each rollout batch must split into whole mini-batches"
-        )
-    rows = t.ppo_mini_batch * r.n
-    if t.micro_batch and rows % t.micro_batch:
-        raise ConfigError(
-            f"config.train.micro_batch={t.micro_batch} does not divide a mini-batch of {rows} rows "
-            f"(ppo_mini_batch x rollout.n); pick a divisor"
-        )
-    if t.steps <= 0:
-        raise ConfigError(f"config.train.steps must be positive, got {t.steps}")
-    if r.engine not in ROLLOUT_ENGINES:
-        raise ConfigError(f"config.rollout.engine={r.engine!r} is not one of {', '.join(ROLLOUT_ENGINES)}")
-    check_algorithm_fits_data(config)
-
-
-def check_algorithm_fits_data(config) -> None:
-    """An algorithm that declares it needs a stated confidence (`AlgorithmSpec.needs_confidence`, DCPO) cannot
-    train on prompts that ask for none: every calibration reward would be the constant "unparsed" value."""
-    spec = objectives.get_algorithm(config.algo.name)
-    if spec.needs_confidence and not asks_for_confidence(config.data.template):
-        raise ConfigError(
-            f"config.algo.name={spec.name!r} needs a stated confidence, but config.data.template="
-            f"{config.data.template!r} does not ask for a CONFIDENCE line. Set --config.data.template=dcpo "
-            f"(or pick an algorithm that does not read confidences, e.g. grpo)."
-        )
-
-
-def parses_confidence(spec, data_cfg) -> bool:
-    """Whether responses are parsed for `CONFIDENCE: p`: when the algorithm needs it, or when the prompts ask for
-    it anyway (e.g. GRPO on the DCPO template, DCPO's baseline: the confidence is logged, not rewarded)."""
-    return spec.needs_confidence or asks_for_confidence(data_cfg.template)
-
-
-def _timer(timings: dict[str, float], name: str):
-    @contextlib.contextmanager
-    def timed():
-        start = time.perf_counter()
-        yield
-        timings[f"timing/{name}"] = timings.get(f"timing/{name}", 0.0) + time.perf_counter() - start
-
-    return timed()
 
 
 def _masked_mean(x: np.ndarray, mask: np.ndarray) -> float:
@@ -154,6 +92,39 @@ class StepResult:
     samples: list[dict[str, Any]]
 
 
+@dataclasses.dataclass
+class StepClock:
+    """The step a phase belongs to and the wall time of each phase so far (`timing/<phase>` seconds)."""
+
+    step: int
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def phase(name: str) -> Callable:
+    """Decorator of a Trainer phase method `(self, clock: StepClock, ...)`: adds its wall time to
+    `timing/<name>`, then runs the fault hook of the phase boundary, `faults.after_phase(name, step, output)`.
+
+    A phase that measures itself more precisely (the rollout engine's own weight-sync time) returns a metrics dict
+    holding `timing/<name>`; that value replaces the wall clock."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def timed(self, clock: StepClock, *args, **kwargs):
+            start = time.perf_counter()
+            out = method(self, clock, *args, **kwargs)
+            key = f"timing/{name}"
+            elapsed = time.perf_counter() - start
+            if isinstance(out, dict) and key in out:
+                elapsed = float(out.pop(key))
+            clock.timings[key] = clock.timings.get(key, 0.0) + elapsed
+            return faults.after_phase(name, clock.step, out)
+
+        return timed
+
+    return decorate
+
+
 def _make_configured_mesh(mesh_cfg, devices):
     try:
         return make_mesh(int(mesh_cfg.fsdp), int(mesh_cfg.tp), devices)
@@ -170,11 +141,11 @@ class Trainer:
         validate_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
-        self.spec = objectives.get_algorithm(config.algo.name)
-        t = config.train
+        self.algorithm = algorithm_settings(config)
+        self.spec = self.algorithm.spec
+        self.needs_reference = self.algorithm.needs_reference
         # Refuse a foreign workdir before the (slow) model load; the Checkpointer repeats the check and writes.
         ckpt_lib.check_workdir(self.workdir, config, force=bool(config.checkpoint.force_resume))
-
         self.mesh = _make_configured_mesh(config.mesh, trainer_devices(config, jax.devices()))
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
         self.model_path = ckpt_lib.resolve_model_path(config.model)
@@ -184,62 +155,46 @@ class Trainer:
             require_server(str(config.rollout.vllm_url), self.model_path)  # before anything is written
         self.tokenizer = load_tokenizer(config.model.tokenizer_path or self.model_path)
         self.special = special_token_ids(self.tokenizer, self.model_path)
-
-        param_dtype = _dtype(config.model.param_dtype, "model.param_dtype")
-        compute_dtype = _dtype(config.model.dtype, "model.dtype")
-        actor, self.model_config = load_pretrained(
-            self.model_path, dtype=param_dtype, compute_dtype=compute_dtype, mesh=self.mesh, remat=bool(config.model.remat)
-        )
-        self.graphdef, self.params = nnx.split(actor)
-        self._adv_overrides = algo_overrides(self.spec.advantage_hparams, config.algo)
-        self.needs_reference = bool(config.algo.kl_coef) or self.spec.reads_reference(**self._adv_overrides)
-        self.ref_params = None
-        if self.needs_reference:
-            ref_dtype = _dtype(config.model.ref_dtype, "model.ref_dtype")
-            ref, _ = load_pretrained(self.model_path, dtype=ref_dtype, compute_dtype=compute_dtype, mesh=self.mesh)
-            self.ref_graphdef, self.ref_params = nnx.split(ref)
+        self._load_models()
 
         self.data = pipeline.build_prompt_data(config.data, self.tokenizer)
         # Every process reads the same global batch rather than a 1/num_processes shard: the rollout and the
         # updates are SPMD programs over the global mesh whose host inputs must agree, and prompts are a few KB.
         self.iterator = pipeline.make_iterator(
-            self.data, batch_size=int(t.prompts_per_step), seed=int(config.data.shuffle_seed), multihost=False
+            self.data, batch_size=int(config.train.prompts_per_step), seed=int(config.data.shuffle_seed), multihost=False
         )
-
-        self.updates_per_step = int(t.ppo_epochs) * (int(t.prompts_per_step) // int(t.ppo_mini_batch))
-        self.optimizer = build_optimizer(config.optim, int(t.steps) * self.updates_per_step)
-        self.opt_state = self._init_opt_state()
-        self.rng = jax.random.key(int(t.seed))
+        self.programs = build_step_programs(config, self.mesh, self.graphdef, ref_graphdef=self.ref_graphdef,
+                                            algorithm=self.algorithm)
+        self.val_logprob_fn = self.programs.val_logprob
+        self.opt_state = init_opt_state(self.programs.optimizer, self.params, self.mesh)
+        self.rng = jax.random.key(int(config.train.seed))
         self.step = 0
-
-        self._loss_overrides = algo_overrides(self.spec.loss_hparams, config.algo, {"agg": "loss_agg"})
-        # seq-mean-token-sum-norm (Dr.GRPO) divides token sums by a constant length: the response limit, not the
-        # padded bucket, so the loss does not depend on batch shapes. The other aggregations ignore it.
-        self._loss_overrides["norm_len"] = int(config.rollout.max_new_tokens)
-        objective = self.spec.objective(**self._loss_overrides)
-        rows_per_update = int(t.ppo_mini_batch) * int(config.rollout.n)
-        micro_batches = rows_per_update // int(t.micro_batch) if t.micro_batch else 1
-        temperature = float(config.rollout.temperature) or 1.0
-        agg = self._loss_overrides.get("agg", self.spec.loss_hparams["agg"])
-        self.update_fn = make_update_fn(
-            self.graphdef, self.optimizer, objective, temperature=temperature, micro_batches=micro_batches,
-            weight_by_tokens=agg == "token-mean", mesh=self.mesh,
-            with_entropy=bool(self._loss_overrides.get("entropy_coef", self.spec.loss_hparams["entropy_coef"])),
-        )
-        chunk = int(t.micro_batch) or None
-        self.logprob_fn = make_logprob_fn(self.graphdef, temperature=temperature, rows_per_chunk=chunk, mesh=self.mesh)
-        if self.needs_reference:
-            self.ref_logprob_fn = make_logprob_fn(self.ref_graphdef, temperature=temperature, rows_per_chunk=chunk,
-                                                 mesh=self.mesh)
-        self.val_logprob_fn = make_logprob_fn(self.graphdef, temperature=1.0, rows_per_chunk=chunk, mesh=self.mesh)
-        self.advantage_fn = jax.jit(functools.partial(self.spec.advantages, **self._adv_overrides))
-
         self._bad_in_a_row = 0
         self._saved_step: int | None = None
+        self._open_resources()
 
-        # From here on the run writes to the workdir and holds resources; a failure closes what was opened.
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _load_models(self) -> None:
+        """The actor (param_dtype master weights, compute dtype activations) and, when the algorithm needs one,
+        the frozen reference (ref_dtype) from `self.model_path`."""
+        model_cfg = self.config.model
+        compute_dtype = config_dtype(model_cfg, "dtype")
+        actor, self.model_config = load_pretrained(
+            self.model_path, dtype=config_dtype(model_cfg, "param_dtype"), compute_dtype=compute_dtype,
+            mesh=self.mesh, remat=bool(model_cfg.remat),
+        )
+        self.graphdef, self.params = nnx.split(actor)
+        self.ref_graphdef = self.ref_params = None
+        if self.needs_reference:
+            ref, _ = load_pretrained(self.model_path, dtype=config_dtype(model_cfg, "ref_dtype"),
+                                     compute_dtype=compute_dtype, mesh=self.mesh)
+            self.ref_graphdef, self.ref_params = nnx.split(ref)
+
+    def _open_resources(self) -> None:
+        """From here on the run writes to the workdir and holds resources; a failure closes what was opened."""
         with contextlib.ExitStack() as opened:
-            self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config=config)
+            self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config=self.config)
             opened.callback(self.checkpointer.close)
             self.logger = MetricsLogger(self.workdir)
             opened.callback(self.logger.close)
@@ -247,26 +202,11 @@ class Trainer:
                 pipeline.write_manifest(self.data, os.path.join(self.workdir, "data_manifest.json"))
             self._restore_if_any()
             self.engine = make_rollout_engine(
-                config, nnx.merge(self.graphdef, self.params), self.special, mesh=self.mesh,
+                self.config, nnx.merge(self.graphdef, self.params), self.special, mesh=self.mesh,
                 checkpoint_dir=self.model_path,
             )
             opened.callback(self.engine.close)
             self._resources = opened.pop_all()
-
-    # ------------------------------------------------------------------------------------------ setup
-
-    def _init_opt_state(self):
-        param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
-        abstract = jax.eval_shape(self.optimizer.init, self.params)
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        shardings = optax.tree_map_params(
-            self.optimizer,
-            lambda _, sharding: sharding,
-            abstract,
-            param_shardings,
-            transform_non_params=lambda _: replicated,
-        )
-        return jax.jit(self.optimizer.init, out_shardings=shardings)(self.params)
 
     def _restore_if_any(self) -> None:
         latest = self.checkpointer.latest_step()
@@ -298,115 +238,114 @@ class Trainer:
         )
 
     def train_step(self, stop: StopSignals | None = None) -> StepResult | None:
-        """One RL step. Returns None, with the step undone (data iterator rewound), when `stop` agrees right after
-        the rollout that the run must stop: the rollout is abandoned rather than graded and trained on."""
-        config, t = self.config, self.config.train
-        step = self.step + 1
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
+        """One RL step, phase by phase. Returns None, with the step undone (data iterator rewound), when `stop`
+        agrees right after the rollout that the run must stop: the rollout is abandoned rather than graded and
+        trained on."""
+        clock = StepClock(self.step + 1)
         data_state = self.iterator.get_state()
         prompts = next(self.iterator)
-        G = int(config.rollout.n)
-        B = len(prompts)
-
-        with _timer(timings, "rollout"):
-            rollout = self.engine.generate(
-                prompts.prompt_ids, self.sampling_params(step, n=G, temperature=float(config.rollout.temperature))
-            )
-        faults.maybe_signal("rollout", step)
+        rollout = self._rollout(clock, prompts)
         if stop is not None and stop.agreed():
             self.iterator.set_state(data_state)  # the resumed run redoes this step from its first prompt
             return None
         if hasattr(self.engine, "sleep"):  # a co-located vLLM server frees its GPU memory until the weight sync
             self.engine.sleep()
-        seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
-        T = seq.response_mask.shape[1]
-        with _timer(timings, "reward"):
-            scores = score_rollout(
-                rollout, prompts.answers, self.tokenizer, timeout=float(config.reward.timeout),
-                workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
-                length=T, require_boxed=bool(config.reward.require_boxed),
-            )
-        correct = scores.correct
-
-        arrays = {k: self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions", "response_mask")}
-        with _timer(timings, "old_logp"):
-            old_logp, entropy = self.logprob_fn(
-                self.params, arrays["input_ids"], arrays["attention_mask"], arrays["positions"], prompt_len=seq.prompt_len
-            )
-            old_logp = jax.block_until_ready(old_logp)
-        ref_logp = None
+        seq, scores = self._reward(clock, prompts, rollout)
+        rows = {k: self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions", "response_mask")}
+        rows["old_logp"], entropy = self._old_logp(clock, rows, seq.prompt_len)
         if self.needs_reference:
-            with _timer(timings, "ref_logp"):
-                ref_logp, _ = self.ref_logprob_fn(
-                    self.ref_params, arrays["input_ids"], arrays["attention_mask"], arrays["positions"],
-                    prompt_len=seq.prompt_len,
-                )
-                ref_logp = jax.block_until_ready(ref_logp)
-
-        with _timer(timings, "advantage"):
-            mask3 = arrays["response_mask"].reshape(B, G, T)
-            lpm = objectives.lpm(old_logp.reshape(B, G, T), mask3)
-            ref_ppl = jnp.exp(-objectives.lpm(ref_logp.reshape(B, G, T), mask3)) if ref_logp is not None else None
-            inputs = objectives.AdvantageInputs(
-                rewards=jnp.asarray(correct.reshape(B, G), jnp.float32),
-                response_mask=mask3,
-                correct=jnp.asarray(correct.reshape(B, G)),
-                lpm=lpm,
-                ref_ppl=ref_ppl,
-                confidence=jnp.asarray(scores.confidence.reshape(B, G)),
-                confidence_mask=jnp.asarray(scores.confidence_mask.reshape(B, G, T)),
-            )
-            advantages = self.advantage_fn(inputs).reshape(B * G, T)
-            if faults.should("nan", "advantages", step):
-                advantages = advantages * jnp.nan
-            advantages = jax.block_until_ready(jax.device_put(advantages, self.batch_sharding))
-
-        rows = {**arrays, "old_logp": old_logp, "advantages": advantages}
-        if ref_logp is not None:
-            rows["ref_logp"] = ref_logp
-        with _timer(timings, "update"):
-            update_metrics = self._ppo_updates(rows, step)
-
-        with _timer(timings, "sync"):
-            sync_metrics = self.engine.update_weights(self.params) or {}
-        # The engine's own timing (if it reports one) is more precise than the wall clock around it.
-        timings["timing/sync"] = float(sync_metrics.pop("timing/sync", timings["timing/sync"]))
-
-        timings["timing/step"] = time.perf_counter() - start
-        metrics = self._step_metrics(
-            B, G, rollout, seq, scores, to_host(old_logp), to_host(entropy), to_host(lpm),
-            None if ref_ppl is None else to_host(ref_ppl), to_host(advantages), timings,
-        )
+            rows["ref_logp"] = self._ref_logp(clock, rows, seq.prompt_len)
+        shape = (len(prompts), int(self.config.rollout.n), seq.response_mask.shape[1])  # B, G, T
+        inputs = self._advantage_inputs(rows, scores, shape)
+        rows["advantages"] = self._advantage(clock, inputs)
+        update_metrics = self._update(clock, rows)
+        sync_metrics = self._sync(clock)
+        clock.timings["timing/step"] = time.perf_counter() - clock.start
+        metrics = self._step_metrics(shape, rollout, seq, scores, inputs, rows, entropy, clock.timings)
         metrics.update(update_metrics)
         metrics.update(sync_metrics)
-        self.step = step
+        self.step = clock.step
         return StepResult(metrics, self._text_samples(prompts, rollout, scores))
 
-    def _ppo_updates(self, rows: dict[str, jax.Array], step: int) -> dict[str, float]:
+    @phase("rollout")
+    def _rollout(self, clock: StepClock, prompts):
+        params = self.sampling_params(clock.step, n=int(self.config.rollout.n),
+                                      temperature=float(self.config.rollout.temperature))
+        return self.engine.generate(prompts.prompt_ids, params)
+
+    @phase("reward")
+    def _reward(self, clock: StepClock, prompts, rollout):
+        """(the rows as a SequenceBatch, their grades and stated confidences)."""
+        config = self.config
+        seq = batch_lib.assemble(prompts.prompt_ids, rollout, pad_id=self.special.pad_id)
+        scores = score_rollout(
+            rollout, prompts.answers, self.tokenizer, timeout=float(config.reward.timeout),
+            workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
+            length=seq.response_mask.shape[1], require_boxed=bool(config.reward.require_boxed),
+        )
+        return seq, scores
+
+    @phase("old_logp")
+    def _old_logp(self, clock: StepClock, rows, prompt_len: int):
+        """(log-probs f32[B*G,T], entropy f32[B*G,T]) of the actor before the updates."""
+        logp, entropy = self.programs.logprob(self.params, rows["input_ids"], rows["attention_mask"],
+                                              rows["positions"], prompt_len=prompt_len)
+        return jax.block_until_ready(logp), entropy
+
+    @phase("ref_logp")
+    def _ref_logp(self, clock: StepClock, rows, prompt_len: int):
+        logp, _ = self.programs.ref_logprob(self.ref_params, rows["input_ids"], rows["attention_mask"],
+                                            rows["positions"], prompt_len=prompt_len)
+        return jax.block_until_ready(logp)
+
+    def _advantage_inputs(self, rows, scores, shape) -> objectives.AdvantageInputs:
+        """What the advantage estimators read, in the [B,G] / [B,G,T] layout of the groups."""
+        B, G, T = shape
+        mask3 = rows["response_mask"].reshape(B, G, T)
+        ref_logp = rows.get("ref_logp")
+        correct = scores.correct.reshape(B, G)
+        return objectives.AdvantageInputs(
+            rewards=jnp.asarray(correct, jnp.float32),
+            response_mask=mask3,
+            correct=jnp.asarray(correct),
+            lpm=objectives.lpm(rows["old_logp"].reshape(B, G, T), mask3),
+            ref_ppl=None if ref_logp is None else jnp.exp(-objectives.lpm(ref_logp.reshape(B, G, T), mask3)),
+            confidence=jnp.asarray(scores.confidence.reshape(B, G)),
+            confidence_mask=jnp.asarray(scores.confidence_mask.reshape(B, G, T)),
+        )
+
+    @phase("advantage")
+    def _advantage(self, clock: StepClock, inputs: objectives.AdvantageInputs) -> jax.Array:
+        """Token-level advantages f32[B*G,T], rows over fsdp."""
+        advantages = self.programs.advantages(inputs).reshape(-1, inputs.response_mask.shape[-1])
+        return jax.block_until_ready(jax.device_put(advantages, self.batch_sharding))
+
+    @phase("update")
+    def _update(self, clock: StepClock, rows: dict[str, jax.Array]) -> dict[str, float]:
+        """ppo_epochs passes over the step's rows in shuffled mini-batches; the mean of the updates' metrics."""
         t = self.config.train
         n_rows = rows["input_ids"].shape[0]
         per_update = int(t.ppo_mini_batch) * int(self.config.rollout.n)
-        gen = np.random.default_rng([int(t.seed), step])
-        collected: list[dict[str, Any]] = []
+        gen = np.random.default_rng([int(t.seed), clock.step])
         host_rows = {k: to_host(v) for k, v in rows.items()}
+        collected: list[dict[str, Any]] = []
         for _ in range(int(t.ppo_epochs)):
             order = gen.permutation(n_rows)
             for first in range(0, n_rows, per_update):
-                index = order[first : first + per_update]
-                minibatch = {k: self._put(v[index]) for k, v in host_rows.items()}
-                self.params, self.opt_state, m = self.update_fn(self.params, self.opt_state, minibatch)
-                if not collected:
-                    faults.maybe_signal("update", step)
+                minibatch = {k: self._put(v[order[first : first + per_update]]) for k, v in host_rows.items()}
+                self.params, self.opt_state, m = self.programs.update(self.params, self.opt_state, minibatch)
                 collected.append(m)
-        collected = [jax.tree.map(to_host, m) for m in collected]
+        return self._update_metrics([jax.tree.map(to_host, m) for m in collected], clock.step)
+
+    def _update_metrics(self, collected: list[dict[str, Any]], step: int) -> dict[str, float]:
+        """The mean of the updates' metrics; stops the run after `train.max_bad_steps` skipping steps in a row."""
         skipped = sum(float(m["update/skipped"]) for m in collected)
         self._bad_in_a_row = self._bad_in_a_row + 1 if skipped else 0
         out = {k: float(np.mean([m[k] for m in collected])) for k in collected[0] if k != "update/skipped"}
         out["update/skipped"] = skipped
         out["update/count"] = float(len(collected))
-        out["lr"] = float(self._current_lr())
-        if self._bad_in_a_row >= int(t.max_bad_steps):
+        out["lr"] = current_learning_rate(self.opt_state, self.programs.schedule, default=float(self.config.optim.lr))
+        if self._bad_in_a_row >= int(self.config.train.max_bad_steps):
             raise TrainingError(
                 f"{self._bad_in_a_row} steps in a row had a non-finite loss or gradient (the updates were skipped, "
                 f"parameters untouched); stopping at step {step}. Lower config.optim.lr, check config.model.dtype, or "
@@ -414,21 +353,21 @@ class Trainer:
             )
         return out
 
-    def _current_lr(self) -> float:
-        for state in jax.tree.leaves(self.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState)):
-            if isinstance(state, optax.ScaleByScheduleState):
-                from capojax.trainer.optim import build_schedule
+    @phase("sync")
+    def _sync(self, clock: StepClock) -> dict[str, float]:
+        """The new weights to the rollout engine; its metrics (its own `timing/sync` replaces the wall clock)."""
+        return dict(self.engine.update_weights(self.params) or {})
 
-                return build_schedule(self.config.optim, 1)(int(state.count))
-        return float(self.config.optim.lr)
-
-    def _step_metrics(self, B, G, rollout, seq, scores, old_logp, entropy, lpm, ref_ppl, advantages, timings):
+    def _step_metrics(self, shape, rollout, seq, scores, inputs, rows, entropy, timings) -> dict[str, float]:
+        """The log phase: reward, calibration of exp(lpm), entropy, advantages, sampler gap, timings."""
+        B, G, _ = shape
         correct = scores.correct.reshape(B, G)
         mask = seq.response_mask
-        lpm = lpm.reshape(B, G)
+        lpm = to_host(inputs.lpm).reshape(B, G)
+        advantages, entropy = to_host(rows["advantages"]), to_host(entropy)
         conf = np.exp(lpm)
         tokens = int(mask.sum())
-        gap = np.abs(old_logp - seq.sampler_logp)[mask]
+        gap = np.abs(to_host(rows["old_logp"]) - seq.sampler_logp)[mask]
         group_std = correct.astype(np.float32).std(axis=1)
         m: dict[str, float] = {
             "reward/mean": float(correct.mean()),
@@ -455,8 +394,8 @@ class Trainer:
             "tokens": float(tokens),
             **timings,
         }
-        if ref_ppl is not None:
-            m["ref_ppl/mean"] = float(np.mean(ref_ppl))
+        if inputs.ref_ppl is not None:
+            m["ref_ppl/mean"] = float(np.mean(to_host(inputs.ref_ppl)))
         stated = scores.confidence.reshape(B, G)
         if np.isfinite(stated).any():
             m["confidence/parsed_frac"] = float(np.isfinite(stated).mean())
@@ -541,7 +480,7 @@ class Trainer:
             data_state=self.iterator.get_state(), force=force,
         ):
             self._saved_step = self.step
-        faults.maybe_signal("checkpoint", self.step)
+        faults.after_phase("checkpoint", self.step)
 
     def run(self) -> dict[str, float]:
         """Trains up to `config.train.steps`, then exports the actor. On SIGTERM / SIGINT (agreed by all processes)
@@ -550,36 +489,14 @@ class Trainer:
         from tqdm.auto import tqdm
 
         config = self.config
-        total = int(config.train.steps)
-        last: dict[str, float] = {}
-        bar = tqdm(total=total, initial=self.step, desc=f"{config.algo.name}", unit="step",
+        bar = tqdm(total=int(config.train.steps), initial=self.step, desc=f"{config.algo.name}", unit="step",
                    disable=jax.process_index() != 0, dynamic_ncols=True)
         stopped_by = ""
         try:
             with StopSignals() as stop:
                 if self.step == 0 and config.log.val_every and config.log.val_at_start:
                     self.logger.scalars(0, self.validate())
-                # Each stop.agreed() is a collective in a multi-host run: the processes call it at the same points,
-                # so they all stop after the same step (a local flag alone would deadlock the next collective).
-                stopping = False
-                while self.step < total:
-                    if stop.agreed():
-                        stopping = True
-                        break
-                    result = self.train_step(stop)
-                    if result is None:  # stopped right after the rollout: the step was abandoned
-                        stopping = True
-                        break
-                    last = result.metrics
-                    if config.log.val_every and self.step % int(config.log.val_every) == 0 and not stop.agreed():
-                        last.update(self.validate())  # skipped when stopping: minutes of sampling for a paper model
-                    if self.step % max(1, int(config.log.every)) == 0 or self.step == total:
-                        self.logger.scalars(self.step, last)
-                        self.logger.samples(self.step, result.samples)
-                    self.save(force=self.step == total)
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.3f}",
-                                    auc=f"{last['auc_mean']:.2f}", s=f"{last['timing/step']:.1f}")
+                last, stopping = self._train_until_done_or_stopped(stop, bar)
                 if stopping:
                     stopped_by = stop.name
                     self.save(force=True)
@@ -590,12 +507,46 @@ class Trainer:
         if stopped_by:
             raise StoppedBySignal(stopped_by, self.step, self.checkpointer.directory)
         if config.checkpoint.export_hf:
-            host_params = jax.tree.map(to_host, self.params)  # every process joins the gather; process 0 writes
-            if jax.process_index() == 0:
-                out = os.path.join(self.workdir, "hf")
-                save_pretrained(nnx.merge(self.graphdef, host_params), self.model_config, out)
-                self.tokenizer.save_pretrained(out)
+            self._export_hf()
         return last
+
+    def _train_until_done_or_stopped(self, stop: StopSignals, bar) -> tuple[dict[str, float], bool]:
+        """Steps up to `train.steps`; (the last step's metrics, whether a signal stopped the run first).
+
+        Each stop.agreed() is a collective in a multi-host run: the processes call it at the same points, so they
+        all stop after the same step (a local flag alone would deadlock the next collective)."""
+        last: dict[str, float] = {}
+        while self.step < int(self.config.train.steps):
+            if stop.agreed():
+                return last, True
+            result = self.train_step(stop)
+            if result is None:  # stopped right after the rollout: the step was abandoned
+                return last, True
+            last = self._after_step(result, stop)
+            bar.update(1)
+            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", acc=f"{last['accuracy']:.3f}",
+                            auc=f"{last['auc_mean']:.2f}", s=f"{last['timing/step']:.1f}")
+        return last, False
+
+    def _after_step(self, result: StepResult, stop: StopSignals) -> dict[str, float]:
+        """Validation when due, the step's metrics and samples to the logger, the checkpoint; the metrics."""
+        config, total = self.config, int(self.config.train.steps)
+        last = result.metrics
+        if config.log.val_every and self.step % int(config.log.val_every) == 0 and not stop.agreed():
+            last.update(self.validate())  # skipped when stopping: minutes of sampling for a paper model
+        if self.step % max(1, int(config.log.every)) == 0 or self.step == total:
+            self.logger.scalars(self.step, last)
+            self.logger.samples(self.step, result.samples)
+        self.save(force=self.step == total)
+        return last
+
+    def _export_hf(self) -> None:
+        """The final actor in HF format (safetensors + config + tokenizer) to WORKDIR/hf."""
+        host_params = jax.tree.map(to_host, self.params)  # every process joins the gather; process 0 writes
+        if jax.process_index() == 0:
+            out = os.path.join(self.workdir, "hf")
+            save_pretrained(nnx.merge(self.graphdef, host_params), self.model_config, out)
+            self.tokenizer.save_pretrained(out)
 
     def close(self) -> None:
         """Closes the rollout engine, the logger and the checkpointer (waiting for a pending save); idempotent."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import optax
 
 from capojax.errors import ConfigError
@@ -10,6 +13,8 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 
 def build_schedule(optim_cfg, total_updates: int) -> optax.Schedule:
+    """Learning rate by optimizer step: linear warmup from 0 over `warmup_steps`, then constant, cosine decay or
+    linear decay to 0 at `total_updates`."""
     lr, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
     if optim_cfg.schedule not in SCHEDULES:
         raise ConfigError(f"config.optim.schedule={optim_cfg.schedule!r} is not one of {SCHEDULES}")
@@ -39,3 +44,13 @@ def build_optimizer(optim_cfg, total_updates: int) -> optax.GradientTransformati
         )
     )
     return optax.chain(*parts)
+
+
+def current_learning_rate(opt_state: Any, schedule: optax.Schedule, *, default: float) -> float:
+    """The learning rate of the next optimizer step: `schedule` at the step count kept in `opt_state` (`default`
+    when the state holds no schedule count)."""
+    is_count = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+    for state in jax.tree.leaves(opt_state, is_leaf=is_count):
+        if is_count(state):
+            return float(schedule(int(state.count)))
+    return float(default)
