@@ -196,12 +196,11 @@ def _project(y: jax.Array, mats: tuple[jax.Array, ...], biases: tuple[jax.Array,
 # --------------------------------------------------------------------------------------------------
 
 
-def attention_inputs(x: jax.Array, w: LayerWeights, config, cos: jax.Array, sin: jax.Array):
-    """x: [B, T, H] -> q [B, T, nH, D], k, v [B, T, nKV, D]: pre-norm, projections (+ bias), Qwen3's per-head
-    q/k RMSNorm, then rope on q and k. cos, sin: f32[B, T, D] (`rope_tables`)."""
+def attention_inputs(y: jax.Array, w: LayerWeights, config, cos: jax.Array, sin: jax.Array):
+    """The normed input y [B, T, H] -> q [B, T, nH, D], k, v [B, T, nKV, D]: projections (+ bias), Qwen3's
+    per-head q/k RMSNorm, then rope on q and k. cos, sin: f32[B, T, D] (`rope_tables`)."""
     nh, nkv, d, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
-    lead = x.shape[:-1]
-    y = rms_norm(x, w.attn_norm, eps)
+    lead = y.shape[:-1]
     q, k, v = _project(y, w.qkv_proj, w.qkv_bias, (nh * d, nkv * d, nkv * d))
     q, k, v = q.reshape(*lead, nh, d), k.reshape(*lead, nkv, d), v.reshape(*lead, nkv, d)
     if w.q_norm is not None:
@@ -209,16 +208,15 @@ def attention_inputs(x: jax.Array, w: LayerWeights, config, cos: jax.Array, sin:
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def attention_residual(x: jax.Array, attn_out: jax.Array, w: LayerWeights) -> jax.Array:
-    """x [B, T, H] + o_proj(attn_out [B, T, nH, D]) (o_proj [nH, D, H] or [nH*D, H]: the same 2-D matmul)."""
-    return x + dense(attn_out.reshape(*attn_out.shape[:-2], -1), w.o_proj.reshape(-1, w.o_proj.shape[-1]))
+def attention_output(attn_out: jax.Array, w: LayerWeights) -> jax.Array:
+    """o_proj: attn_out [B, T, nH, D] -> [B, T, H] (o_proj [nH, D, H] or [nH*D, H]: the same 2-D matmul)."""
+    return dense(attn_out.reshape(*attn_out.shape[:-2], -1), w.o_proj.reshape(-1, w.o_proj.shape[-1]))
 
 
-def mlp_residual(x: jax.Array, w: LayerWeights, config) -> jax.Array:
-    """x [B, T, H] + the SwiGLU MLP of rms_norm(x)."""
-    y = rms_norm(x, w.mlp_norm, config.rms_norm_eps)
+def mlp(y: jax.Array, w: LayerWeights, config) -> jax.Array:
+    """The SwiGLU MLP of the normed input y [B, T, H]: down(silu(gate(y)) * up(y)) -> [B, T, H]."""
     gate, up = _project(y, w.gate_up_proj, None, (config.intermediate_size,) * 2)
-    return x + dense(jax.nn.silu(gate) * up, w.down_proj)
+    return dense(jax.nn.silu(gate) * up, w.down_proj)
 
 
 Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
@@ -233,6 +231,7 @@ def decoder_layer(x: jax.Array, w: LayerWeights, config, cos: jax.Array, sin: ja
     this layer's keys and values, e.g. `lambda q, k, v: (attention(q, k, v, mask), None)` for a full sequence,
     or one that first writes k and v into a cache and returns the updated cache as aux.
     """
-    q, k, v = attention_inputs(x, w, config, cos, sin)
-    out, aux = attend(q, k, v)
-    return mlp_residual(attention_residual(x, out, w), w, config), aux
+    eps = config.rms_norm_eps
+    out, aux = attend(*attention_inputs(rms_norm(x, w.attn_norm, eps), w, config, cos, sin))
+    x = x + attention_output(out, w)
+    return x + mlp(rms_norm(x, w.mlp_norm, eps), w, config), aux
