@@ -103,8 +103,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, keys
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     if keys_transposed:
-        # Heads-first product, then the transpose: with T = 1 XLA:CPU keeps it a vector times the row-major V
-        # (asked for "btkgd" directly, it swaps the operands and runs V^T times a vector, a slower product).
+        # Heads-first product, then the transpose: with T = 1 XLA:CPU then emits the dot the sampler was tuned with,
+        # a vector times the row-major V (asked for "btkgd" directly, it swaps the operands into V^T times a vector).
         out = _grouped_einsum(f"bkgts,{v_spec}->bkgtd", probs, v, per_member=per_member).transpose(0, 3, 1, 2, 4)
     else:
         out = _grouped_einsum(f"bkgts,{v_spec}->btkgd", probs, v, per_member=per_member)
