@@ -16,8 +16,10 @@ Structure (HF names in brackets, see `hf.py` for the exact table):
 
 The layers are created with `nnx.vmap` (one Block per layer, stacked) and run with `jax.lax.scan` over the stacked
 state, so a 28-layer model traces and compiles one layer (stacks of up to 8 layers are unrolled, see
-`UNROLL_LAYERS_UP_TO`). Each parameter carries logical axis names in its `out_sharding` metadata (eager sharding
-off: names are logical, `capojax.sharding` maps them onto the mesh). Projections are single 2-D matmuls (`dense`).
+`UNROLL_LAYERS_UP_TO`). A Block only holds parameters: the layer's math is `capojax.models.layer.decoder_layer`,
+which the rollout sampler runs too. Each parameter carries logical axis names in its `out_sharding` metadata
+(eager sharding off: names are logical, `capojax.sharding` maps them onto the mesh). Projections are single 2-D
+matmuls (`dense`).
 
 Numerics follow transformers: RMSNorm in float32 then cast back, RoPE with the rotate_half convention, attention
 softmax in float32, logits returned in float32.
@@ -25,7 +27,6 @@ softmax in float32, logits returned in float32.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -33,6 +34,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capojax.models.config import QwenConfig
+from capojax.models.layer import (  # noqa: F401 - rms_norm, rope and dense are also this module's public names
+    LayerWeights, apply_rope, attention, decoder_layer, dense, layer_weights, rms_norm, rope_tables)
 from capojax.sharding import constrain_activations
 
 # Logical axes of the activations that `constrain_activations` pins (see capojax.sharding): rows over fsdp.
@@ -65,58 +68,8 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> n
     return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """HF Qwen2RMSNorm: normalise in float32, cast back to x.dtype, then multiply by the weight. x: [..., H]."""
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return scale.astype(x.dtype) * x32.astype(x.dtype)
-
-
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin: f32[B, T, head_dim] for integer positions i32[B, T] (HF default rope, halves concatenated)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x: [B, T, n, D]; cos/sin: f32[B, T, D]. x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1]."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    return x * cos + rotated * sin
-
-
-def dense(x: jax.Array, w: jax.Array, contract: int = 1, preferred_element_type=None) -> jax.Array:
-    """x [..., *in] times w [*in, *out] -> [..., *out], `in` being x's last `contract` dims, as ONE 2-D matmul
-    [rows, prod(in)] x [prod(in), prod(out)]. Same product as the einsum; XLA:CPU runs the backward's weight
-    gradient of a 3-D activation (contracting batch and time together) about twice as slow as the 2-D one."""
-    k = math.prod(x.shape[x.ndim - contract:])
-    lead, out = x.shape[: x.ndim - contract], w.shape[contract:]
-    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=preferred_element_type)
-    return y.reshape(*lead, *out)
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention.
-
-    q: [B, T, nH, D]; k, v: [B, S, nKV, D]; mask: bool[B, T, S] (True = may attend) -> [B, T, nH, D].
-    Scores and softmax in float32. A query with no allowed key (a padding row) gets a uniform average, never NaN.
-    """
-    b, t, nh, d = q.shape
-    nkv = k.shape[2]
-    q = q.reshape(b, t, nkv, nh // nkv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, nh, d)
-
-
 class Block(nnx.Module):
-    """One decoder layer: x + attn(norm(x)); x + mlp(norm(x))."""
+    """One decoder layer's parameters; its math is `capojax.models.layer.decoder_layer`."""
 
     def __init__(self, config: QwenConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
         c = config
@@ -141,35 +94,21 @@ class Block(nnx.Module):
         self.up_proj = p((h, i), ("embed", "mlp"))
         self.down_proj = p((i, h), ("mlp", "embed"))
 
-    def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
-        """x: [B, T, H] -> q [B, T, nH, D], k, v [B, T, nKV, D] (rope applied to q and k)."""
-        c, dt = self.config, self.dtype
-        y = rms_norm(x, self.attn_norm[...], c.rms_norm_eps)
-        q = dense(y, self.q_proj[...].astype(dt))  # [B, T, nH, D]
-        k = dense(y, self.k_proj[...].astype(dt))
-        v = dense(y, self.v_proj[...].astype(dt))
-        if c.qkv_bias:
-            q = q + self.q_bias[...].astype(dt)
-            k = k + self.k_bias[...].astype(dt)
-            v = v + self.v_bias[...].astype(dt)
-        if c.qk_norm:
-            q = rms_norm(q, self.q_norm[...], c.rms_norm_eps)
-            k = rms_norm(k, self.k_norm[...], c.rms_norm_eps)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-    def finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
-        """Residual after attention, then the SwiGLU MLP block. x: [B, T, H], attn_out: [B, T, nH, D]."""
-        c, dt = self.config, self.dtype
-        x = x + dense(attn_out, self.o_proj[...].astype(dt), contract=2)
-        y = rms_norm(x, self.mlp_norm[...], c.rms_norm_eps)
-        gate = dense(y, self.gate_proj[...].astype(dt))
-        up = dense(y, self.up_proj[...].astype(dt))
-        return x + dense(jax.nn.silu(gate) * up, self.down_proj[...].astype(dt))
+    def weights(self) -> LayerWeights:
+        """This layer's parameters in the layer's layout (2-D matrices in the compute dtype; free reshapes)."""
+        return layer_weights(_block_params(self), self.dtype)
 
     def __call__(self, x, cos, sin, mask):
         """Full-sequence layer. x: [B, T, H]; mask: bool[B, T, T]."""
-        q, k, v = self.qkv(x, cos, sin)
-        return self.finish(x, attention(q, k, v, mask))
+        x, _ = decoder_layer(x, self.weights(), self.config, cos, sin,
+                             lambda q, k, v: (attention(q, k, v, mask), None))
+        return x
+
+
+def _block_params(block: Block, index: int | None = None) -> dict[str, jax.Array]:
+    """A Block's parameter values by name (those its architecture has); index: one layer of the stacked Block."""
+    return {name: p[...] if index is None else p[...][index]
+            for name, p in vars(block).items() if isinstance(p, nnx.Param)}
 
 
 class Qwen(nnx.Module):
@@ -238,6 +177,10 @@ class Qwen(nnx.Module):
         x, _ = jax.lax.scan(body, x, state, unroll=unroll)
         return rms_norm(x, self.norm[...], self.config.rms_norm_eps)
 
+    def layer_weights(self, index: int) -> LayerWeights:
+        """Layer `index` of the stack (a static slice) in the layer's layout: what the sampler's token loop runs."""
+        return layer_weights(_block_params(self.layers, index), self.dtype)
+
     def output_matrix(self) -> jax.Array:
         """[H, V] in the compute dtype: embed.T when the embeddings are tied, else lm_head."""
         w = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
@@ -281,14 +224,17 @@ class Qwen(nnx.Module):
             # The whole cache is carried and updated in place (dynamic_update_slice), one layer at a time.
             x, k_all, v_all, i = carry
             layer = nnx.merge(graphdef, layer_state)
-            q, k, v = layer.qkv(x, cos, sin)
-            zero = jnp.zeros((), jnp.int32)
-            start = (i, zero, index, zero, zero)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
-            k_layer = jax.lax.dynamic_index_in_dim(k_all, i, keepdims=False).astype(self.dtype)
-            v_layer = jax.lax.dynamic_index_in_dim(v_all, i, keepdims=False).astype(self.dtype)
-            x = layer.finish(x, attention(q, k_layer, v_layer, mask))
+
+            def attend(q, k, v):
+                zero = jnp.zeros((), jnp.int32)
+                start = (i, zero, index, zero, zero)
+                k_new = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+                v_new = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+                k_layer = jax.lax.dynamic_index_in_dim(k_new, i, keepdims=False).astype(self.dtype)
+                v_layer = jax.lax.dynamic_index_in_dim(v_new, i, keepdims=False).astype(self.dtype)
+                return attention(q, k_layer, v_layer, mask), (k_new, v_new)
+
+            x, (k_all, v_all) = decoder_layer(x, layer.weights(), c, cos, sin, attend)
             return (x, k_all, v_all, i + 1), None
 
         (x, k_all, v_all, _), _ = jax.lax.scan(body, (x, cache.k, cache.v, jnp.zeros((), jnp.int32)), state)

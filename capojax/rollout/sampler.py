@@ -18,11 +18,15 @@ Randomness: row r (prompt r // n, sample r % n) draws token t by inverting the C
 `fold_in(fold_in(key, r), t)` (all drawn before the loop), so a row's samples depend on (seed, row, step)
 only: not on the rows appended after it (the engine's batch padding) nor on how many steps other rows run.
 
+The layer is the model's own (`capojax.models.layer.decoder_layer`), run on weights laid out for this loop by
+the layer module's adapters (`as_matrices`, `fuse_projections`) and on a per-layer cache the loop writes itself.
+
 Speed on CPU (scripts/bench_sampler.py): the step is a chain of small-batch dots whose cost is mostly fixed
 overhead and weight traffic, so the loop keeps the dot count low (fused q/k/v and gate/up on CPU, weights laid
 out as 2-D matrices once per call), runs them on XLA:CPU's faster path for this shape (`_CPU_COMPILER_OPTIONS`)
-with attention as matrix-vector products (`_group_einsum`), keeps RNG and arg-max out of the loop (one uniform
-per row and step, inverse-CDF pick) and lets attention read only the slots its segment can have filled.
+with attention as matrix-vector products (`attention(per_member=True)`), keeps RNG and arg-max out of the loop
+(one uniform per row and step, inverse-CDF pick) and lets attention read only the slots its segment can have
+filled.
 
 Recompiles: shapes are the only compile keys besides the static switches (greedy, top-k/top-p on or off,
 presence penalty on or off, samples per prompt; `cpu_tuned`, fixed by the backend). `JaxRolloutEngine` buckets
@@ -52,7 +56,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from capojax.rollout.base import Rollout, SamplingParams, check_prompts
-from capojax.models.qwen import apply_rope, rms_norm, rope_tables
+from capojax.models.layer import (LayerWeights, as_matrices, attention, decoder_layer, fuse_projections,
+                                  rms_norm, rope_tables)
 from capojax.sharding import logical_to_spec, to_host
 
 # Stop ids are a traced i32[MAX_STOP_IDS] array padded with -1, so changing them does not recompile.
@@ -215,127 +220,44 @@ class _StepCache(NamedTuple):
     v: tuple[jax.Array, ...]
 
 
-class _DecodeLayer(NamedTuple):
-    """One layer's weights as the 2-D matrices the S = 1 decode step multiplies by (H hidden, nH / nKV heads,
-    D head dim, I intermediate); biases and q/k norms are None when the architecture has none.
-
-    Built once per `sample` call, outside the token loop: the model's [H, n, D] / [n, D, H] parameter shapes
-    otherwise make XLA re-lay-out (copy) some of them at every token. Fused (`wk`, `wv`, `w_up` None): `wq`
-    is [H, (nH + 2 nKV) D] = [q | k | v] (`bq` likewise) and `w_gate` is [H, 2 I] = [gate | up].
-    """
-
-    attn_norm: jax.Array  # [H]
-    wq: jax.Array  # [H, nH * D], or fused [H, (nH + 2 nKV) * D]
-    wk: jax.Array | None  # [H, nKV * D]
-    wv: jax.Array | None  # [H, nKV * D]
-    bq: jax.Array | None  # [nH * D], or fused [(nH + 2 nKV) * D]
-    bk: jax.Array | None  # [nKV * D]
-    bv: jax.Array | None  # [nKV * D]
-    q_norm: jax.Array | None  # [D]
-    k_norm: jax.Array | None  # [D]
-    wo: jax.Array  # [nH * D, H]
-    mlp_norm: jax.Array  # [H]
-    w_gate: jax.Array  # [H, I], or fused [H, 2 I]
-    w_up: jax.Array | None  # [H, I]
-    w_down: jax.Array  # [I, H]
+def _decode_layers(model, *, fuse: bool) -> list[LayerWeights]:
+    """The scanned layer stack as L `LayerWeights` of plain matrices in the compute dtype (static slices of the
+    stacked params), built once per `sample` call, outside the token loop. fuse: q/k/v and gate/up concatenated
+    (`fuse_projections`); `sample` fuses on CPU only by default."""
+    layers = [as_matrices(model.layer_weights(i)) for i in range(model.config.num_layers)]
+    return [fuse_projections(w) for w in layers] if fuse else layers
 
 
-def _decode_layers(model, *, fuse: bool) -> list[_DecodeLayer]:
-    """The scanned layer stack as L `_DecodeLayer`s in the compute dtype (static slices of the stacked params).
-
-    fuse: concatenate q/k/v and gate/up into one matrix each (3 + 2 dots per layer -> 1 + 1). On CPU, where a
-    small-batch dot costs mostly its fixed overhead, that is ~5% of a decode step; on accelerators it would
-    only cost a copy of most of the weights, so `sample` fuses on CPU only by default.
-    """
-    c, dt = model.config, model.dtype
-    stack = model.layers
-    h = c.hidden_size
-
-    def get(name, i, shape=None):
-        if not hasattr(stack, name):
-            return None
-        x = getattr(stack, name)[...][i]
-        return (x if shape is None else x.reshape(shape)).astype(dt)
-
-    layers = []
-    for i in range(c.num_layers):
-        w = _DecodeLayer(
-            attn_norm=get("attn_norm", i), wq=get("q_proj", i, (h, -1)), wk=get("k_proj", i, (h, -1)),
-            wv=get("v_proj", i, (h, -1)), bq=get("q_bias", i, (-1,)), bk=get("k_bias", i, (-1,)),
-            bv=get("v_bias", i, (-1,)), q_norm=get("q_norm", i), k_norm=get("k_norm", i),
-            wo=get("o_proj", i, (-1, h)), mlp_norm=get("mlp_norm", i), w_gate=get("gate_proj", i),
-            w_up=get("up_proj", i), w_down=get("down_proj", i))
-        if fuse:
-            w = w._replace(
-                wq=jnp.concatenate([w.wq, w.wk, w.wv], axis=1), wk=None, wv=None,
-                bq=None if w.bq is None else jnp.concatenate([w.bq, w.bk, w.bv]), bk=None, bv=None,
-                w_gate=jnp.concatenate([w.w_gate, w.w_up], axis=1), w_up=None)
-        layers.append(w)
-    return layers
-
-
-def _group_einsum(spec: str, a: jax.Array, b: jax.Array, *, per_member: bool) -> jax.Array:
-    """A grouped-query attention product: `spec` over [N, kv, G, .] x [N, kv, ., .] -> [N, kv, G, .] in f32.
-
-    per_member: one product per member g of the query group, each a batched matrix-vector product, stacked on
-    axis 2. XLA:CPU's Eigen path runs a batched dot with G-row matrices (G = 2 here) as N * kv tiny GEMMs at
-    ~2.5x the cost of the G matrix-vector products, which it emits as plain vectorised loops.
-    """
-    if not per_member:
-        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-    lhs, rest = spec.split(",")
-    member_spec = f"{lhs.replace('g', '')},{rest.replace('g', '')}"
-    return jnp.stack([jnp.einsum(member_spec, a[:, :, g], b, preferred_element_type=jnp.float32)
-                      for g in range(a.shape[2])], axis=2)
-
-
-def _decode_one(model, layers: list[_DecodeLayer], head, tokens, rope, cache: _StepCache, valid, slot, *,
+def _decode_one(model, layers: list[LayerWeights], head, tokens, rope, cache: _StepCache, valid, slot, *,
                 cpu_tuned: bool):
-    """One new token per row through the unrolled layers: `Qwen.decode` with S = 1 on `_DecodeLayer` weights.
+    """One new token per row through the unrolled layers: `decoder_layer` over each layer's own cache buffers.
 
     The parity tests (sampler log-probs == a teacher-forced `Qwen.__call__`) pin this to the model's math.
     tokens: i32[N]; rope: (cos, sin) f32[N, 1, D] at each row's position; head: [H, V]; valid: bool[N, S] slots
     a query may attend (prompt + generated so far, including `slot`); slot: i32[] where this token's k/v go;
-    cpu_tuned: attention as per-member products (`_group_einsum`) -> (logits f32[N, V], cache).
+    cpu_tuned: attention as per-member products (`attention(per_member=True)`) -> (logits f32[N, V], cache).
     """
     c = model.config
-    eps = c.rms_norm_eps
-    n, nh, nkv, d = tokens.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
+    n, nkv, d = tokens.shape[0], c.num_kv_heads, c.head_dim
     cos, sin = rope
-    x = model.embed[...][tokens].astype(model.dtype)  # [N, H]
+    x = model.embed[...][tokens][:, None].astype(model.dtype)  # [N, 1, H]
     zero = jnp.zeros((), jnp.int32)
     ks, vs = [], []
     for w, k_cache, v_cache in zip(layers, cache.k, cache.v):
-        y = rms_norm(x, w.attn_norm, eps)
-        if w.wk is None:  # fused [q | k | v] projection
-            qkv = y @ w.wq if w.bq is None else y @ w.wq + w.bq
-            q, k, v = qkv[:, :nh * d], qkv[:, nh * d:(nh + nkv) * d], qkv[:, (nh + nkv) * d:]
-        else:
-            q, k, v = y @ w.wq, y @ w.wk, y @ w.wv
-            if w.bq is not None:
-                q, k, v = q + w.bq, k + w.bk, v + w.bv
-        q, k, v = q.reshape(n, 1, nh, d), k.reshape(n, 1, nkv, d), v.reshape(n, nkv, 1, d)
-        if w.q_norm is not None:
-            q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.reshape(n, nkv, d, 1).astype(k_cache.dtype),
-                                               (zero, zero, zero, slot))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (zero, zero, slot, zero))
-        qg = q.reshape(n, nkv, nh // nkv, d)
-        scores = _group_einsum("nkgd,nkds->nkgs", qg, k_cache.astype(qg.dtype), per_member=cpu_tuned) * (d**-0.5)
-        scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-        out = _group_einsum("nkgs,nksd->nkgd", probs, v_cache, per_member=cpu_tuned).astype(x.dtype)
-        x = x + out.reshape(n, nh * d) @ w.wo
-        y = rms_norm(x, w.mlp_norm, eps)
-        if w.w_up is None:  # fused [gate | up] projection
-            gate, up = jnp.split(y @ w.w_gate, 2, axis=-1)
-        else:
-            gate, up = y @ w.w_gate, y @ w.w_up
-        x = x + (jax.nn.silu(gate) * up) @ w.w_down
+        def attend(q, k, v, k_cache=k_cache, v_cache=v_cache):
+            # k, v [N, 1, nKV, D] -> slot `slot` of keys [N, nKV, D, S] and values [N, nKV, S, D] (a free reshape)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.reshape(n, nkv, d, 1).astype(k_cache.dtype),
+                                                   (zero, zero, zero, slot))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.reshape(n, nkv, 1, d).astype(v_cache.dtype),
+                                                   (zero, zero, slot, zero))
+            out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), valid[:, None, :],
+                            keys_transposed=True, per_member=cpu_tuned)
+            return out, (k_cache, v_cache)
+
+        x, (k_cache, v_cache) = decoder_layer(x, w, c, cos, sin, attend)
         ks.append(k_cache)
         vs.append(v_cache)
-    x = rms_norm(x, model.norm[...], eps)
+    x = rms_norm(x[:, 0], model.norm[...], c.rms_norm_eps)
     return jnp.dot(x, head, preferred_element_type=jnp.float32), _StepCache(tuple(ks), tuple(vs))
 
 
@@ -466,7 +388,7 @@ _sample_jit = jax.jit(_sample_impl, static_argnames=_STATIC_ARGS)
 
 # XLA:CPU hands dots to YNNPACK by default. On the decode step's chain of 16-row dots, each against a different
 # weight matrix, its Eigen path is ~1.5x faster; YNNPACK only wins on the batched attention dots, which
-# `_group_einsum` turns into matrix-vector products that neither library runs. Together: ~1.25x per sample call.
+# `attention(per_member=True)` turns into matrix-vector products that neither library runs. Together: ~1.25x per sample call.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -507,7 +429,8 @@ def sample(model: nnx.Module | tuple[Any, Any], prompt_tokens: jax.Array, prompt
     buffer_len: completion buffer T (static; default max_new_tokens) — a larger bucket avoids recompiles,
     generation still stops at params.max_new_tokens.
     cpu_tuned: decode the way XLA:CPU runs fastest (static; default: on the CPU backend only): fused q/k/v and
-    gate/up matrices (`_decode_layers`), attention as per-query-head matrix-vector products (`_group_einsum`),
+    gate/up matrices (`_decode_layers`), attention as per-query-head matrix-vector products (`attention`'s
+    per_member),
     Eigen dots instead of YNNPACK (`_CPU_COMPILER_OPTIONS`). Same numbers either way up to float rounding.
     Returns SampleOutput with N = B * n prompt-major rows and T = buffer_len columns.
     """
