@@ -36,6 +36,7 @@ from capojax.data import pipeline
 from capojax.data.templates import asks_for_confidence
 from capojax.errors import ConfigError, StoppedBySignal
 from capojax.models import load_pretrained, save_pretrained
+from capojax.models.resolve import resolve_model_path
 from capojax.rollout.base import RolloutEngine, SamplingParams
 from capojax.rollout.layout import trainer_devices
 from capojax.sharding import make_mesh, to_host
@@ -177,7 +178,7 @@ class Trainer:
 
         self.mesh = _make_configured_mesh(config.mesh, trainer_devices(config, jax.devices()))
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
-        self.model_path = ckpt_lib.resolve_model_path(config.model)
+        self.model_path = resolve_model_path(config.model)
         if config.rollout.engine == "vllm" and config.rollout.vllm_url and not config.rollout.vllm_launch:
             from capojax.rollout.vllm_engine import require_server
 
