@@ -92,7 +92,7 @@ def test_capojax_has_no_import_cycle():
 
 
 @pytest.mark.parametrize("module", ["capojax.rewards.result", "capojax.rewards.grading", "capojax.rewards.pool",
-                                    "capojax.models.resolve"])
+                                    "capojax.models.resolve", "capojax.eval_pipeline"])
 def test_module_imports_alone_in_a_fresh_interpreter(module):
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
