@@ -32,20 +32,11 @@ class Graded:
 
 
 @dataclasses.dataclass
-class Scores:
-    """Per row (N = B * G, prompt-major).
+class Scores(Graded):
+    """`Graded`, plus confidence_mask bool[N, T]: the completion tokens of each stated confidence (all False without a
+    confidence line, or when confidences are not parsed)."""
 
-    texts: decoded completions; correct bool[N]; extracted answers; confidence f32[N] (NaN = none stated);
-    confidence_mask bool[N, T] over completion tokens (all False without a confidence line); timeouts: count.
-    """
-
-    texts: list[str]
-    correct: np.ndarray
-    extracted: list[str | None]
-    confidence: np.ndarray
     confidence_mask: np.ndarray
-    timeouts: int
-    crashes: int
 
 
 def grade_rollout(
@@ -108,12 +99,5 @@ def score_rollout(
         ])
     else:
         confidence_mask = np.zeros((rollout.num_rows, T), bool)
-    return Scores(
-        texts=graded.texts,
-        correct=graded.correct,
-        extracted=graded.extracted,
-        confidence=graded.confidence,
-        confidence_mask=confidence_mask,
-        timeouts=graded.timeouts,
-        crashes=graded.crashes,
-    )
+    fields = {f.name: getattr(graded, f.name) for f in dataclasses.fields(Graded)}  # no copies (asdict would)
+    return Scores(**fields, confidence_mask=confidence_mask)
