@@ -19,8 +19,7 @@ a ``config.json`` but no finalized checkpoint (a start that failed or stopped be
 resume target: it is taken over, with a note. ``check_workdir`` does that check without writing anything, so a
 run can refuse a foreign workdir before it loads a model; the ``Checkpointer`` repeats it and then writes.
 
-Also here: ``resolve_model_path(model_cfg)``, which turns ``config.model`` into a checkpoint folder (building the
-tiny SFT base on demand, or explaining where to get a paper model).
+Which model folder a run loads (``config.model``) is resolved by ``capojax.models.resolve``, not here.
 """
 
 from __future__ import annotations
@@ -248,38 +247,3 @@ def check_workdir(workdir: str | os.PathLike, config, *, force: bool = False) ->
         )
     log.warning("resuming %s with a different config (force_resume): %s", workdir, changes)
     return text
-
-
-# ----------------------------------------------------------------------------------------------------
-# Model checkpoint resolution
-# ----------------------------------------------------------------------------------------------------
-
-
-class ModelNotFoundError(UserError, FileNotFoundError):
-    """config.model.path is unset or not an HF checkpoint folder."""
-
-
-def resolve_model_path(model_cfg) -> str:
-    """The HF checkpoint folder for ``config.model``.
-
-    ``path == "tiny"``: the SFT'd tiny base, built on first use and cached under ``cache_dir`` (see capojax.sft).
-    Otherwise ``path`` must be a folder with config.json; if it is unset or missing, the error says where to
-    download the model and which key to set."""
-    path = str(model_cfg.path or "")
-    if path == "tiny":
-        from capojax import sft
-
-        settings = sft.SFTSettings.from_config(model_cfg.tiny_base)
-        return sft.ensure_tiny_base(os.path.expanduser(str(model_cfg.cache_dir)), settings)
-    name = str(getattr(model_cfg, "hf_name", "") or "")
-    how = (
-        f"Download it with `huggingface-cli download {name} --local-dir /models/{name.split('/')[-1]}` "
-        f"(https://huggingface.co/{name}) and pass --config.model.path=/models/{name.split('/')[-1]}."
-        if name else "Pass --config.model.path=<an HF checkpoint folder>, or tiny for the built-in tiny base."
-    )
-    if not path:
-        raise ModelNotFoundError(f"config.model.path is not set: this config trains {name or 'an HF model'}. {how}")
-    path = os.path.expanduser(path)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ModelNotFoundError(f"config.model.path={path!r} has no config.json (not an HF checkpoint folder). {how}")
-    return path

@@ -12,21 +12,24 @@ and takes the temperature-1 log-probs from the server too, so no JAX model is lo
 For every benchmark (a name from `capojax.data.benchmarks.BENCHMARKS` or a .json/.jsonl path):
 
 1. render each problem with the prompt template (the checkpoint's chat template when it ships one),
-2. sample N completions per problem with the embedded JAX sampler (`JaxRolloutEngine`) or a vLLM server, with a
-   progress bar,
-3. grade them with `capojax.rewards.grade_batch` (math-verify, worker processes, deadlines; `require_boxed`:
-   the last `\\boxed{}` only, as verl's reward, else math-verify's free extraction as a fallback),
-4. score each completion's confidence two ways:
-   - perplexity view: `lpm`, the mean token log-prob of the completion under the model **at temperature 1**,
-     recomputed teacher-forced (one forward pass over prompt + completion; with `--engine vllm` the server's
-     prompt log-probs of prompt + completion). The sampler's own log-probs are
-     taken under the *sampling* distribution (temperature, top-p), which is not the model's likelihood, so they
-     are only recorded as `sampler_lpm` for reference. Confidence = exp(lpm) = 1 / perplexity.
-   - DCPO view: the stated `CONFIDENCE: <p>` line (`capojax.rewards.parse_confidence`), when present.
+2. sample, score and grade through `capojax.eval_pipeline` (the path the trainer's validation takes too):
+   - sample N completions per problem with the embedded JAX sampler (`JaxRolloutEngine`) or a vLLM server, with a
+     progress bar, a seed per chunk of problems;
+   - score each completion by `lpm`, its mean token log-prob under the model **at temperature 1**, recomputed
+     teacher forced by the trainer's log-prob pass (`capojax.trainer.logprobs`; with `--engine vllm` the server's
+     prompt log-probs of prompt + completion). The sampler's own log-probs are taken under the *sampling*
+     distribution (temperature, top-p), which is not the model's likelihood, so they are only recorded as
+     `sampler_lpm` for reference. Confidence = exp(lpm) = 1 / perplexity;
+   - grade them with `capojax.rewards.grade_batch` (math-verify, worker processes, deadlines; `require_boxed`:
+     the last `\\boxed{}` only, as verl's reward, else math-verify's free extraction as a fallback) and read the
+     DCPO view, the stated `CONFIDENCE: <p>` line (`capojax.rewards.parse_confidence`), when present,
+3. cluster the answers of each problem by math-verify equivalence (majority vote, perplexity consistency),
+4. summarise: inference-time scaling, the perplexity view `ppl/*` and the stated view `dcpo/*`,
 5. write OUT/<bench>/summary.json, OUT/<bench>/samples.jsonl and PNG plots (see `write_outputs`).
 
-`evaluate(...)` is the importable entry point (the trainer calls it for validation with its live model and,
-optionally, its own rollout engine); `main()` is the command line.
+`evaluate(...)` is the importable entry point (a model, or any rollout engine and scorer, on named benchmarks);
+`evaluate_problems(...)` evaluates a list of problems; `main()` is the command line. The trainer does not call
+this module: its validation (`Trainer.validate`) shares the sample -> score -> grade pipeline and logs `val/*`.
 """
 
 from __future__ import annotations
@@ -39,152 +42,20 @@ import logging
 import math
 import pathlib
 import re
-import sys
 import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from capojax import cli
+from capojax import cli, eval_pipeline
 
 logger = logging.getLogger("capojax.evaluate")
 
-__all__ = ["BenchmarkResult", "evaluate", "evaluate_problems", "completion_lpm", "server_completion_lpm",
-           "write_outputs", "main"]
+__all__ = ["BenchmarkResult", "evaluate", "evaluate_problems", "write_outputs", "main"]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Teacher-forced log-probs at temperature 1
-# ------------------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def _token_logprob_fn(graphdef, prompt_len: int, time_chunk: int):
-    """A jitted `(state, tokens i32[R,P+T], mask bool[R,P+T]) -> logp f32[R,T]` for one prompt bucket.
-
-    The logits of only `time_chunk` positions exist at a time (lax.map over time chunks), so a 150k vocabulary
-    never materialises a full [R, T, V] array.
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    @jax.jit
-    def fn(state, tokens, mask):
-        model = nnx.merge(graphdef, state)
-        hidden = model.hidden(tokens, attention_mask=mask)  # positions: cumsum(mask) - 1 (left padding)
-        h = hidden[:, prompt_len - 1 : -1]  # the state before completion token t predicts token t
-        targets = tokens[:, prompt_len:]
-        rows, length, width = h.shape
-        chunks = length // time_chunk
-        h = h.reshape(rows, chunks, time_chunk, width).swapaxes(0, 1)
-        targets = targets.reshape(rows, chunks, time_chunk).swapaxes(0, 1)
-
-        def one(args):
-            hc, tc = args
-            logits = model.logits(hc).astype(jnp.float32)
-            picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
-            return picked - jax.nn.logsumexp(logits, axis=-1)
-
-        logp = jax.lax.map(one, (h, targets))  # [chunks, R, time_chunk]
-        return logp.swapaxes(0, 1).reshape(rows, length)
-
-    return fn
-
-
-def completion_lpm(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    completions: np.ndarray,
-    lengths: np.ndarray,
-    prompt_index: np.ndarray,
-    *,
-    pad_id: int,
-    rows_per_batch: int = 8,
-    time_chunk: int = 128,
-    mesh: Any = None,
-) -> np.ndarray:
-    """Mean token log-prob of each completion under `model` at temperature 1 (teacher forced) -> f32[N].
-
-    prompts: the B prompt token lists; completions i32[N,T] right-padded; lengths i32[N] real tokens per row;
-    prompt_index i32[N] the prompt of each row. A row with no tokens gets NaN.
-    Shapes are bucketed (prompt length to a power of two, rows to `rows_per_batch`, T to a multiple of
-    `time_chunk`) so an evaluation compiles a handful of times. With a `mesh`, rows are split over "fsdp"
-    (`rows_per_batch` is rounded up to a multiple of its size).
-    """
-    import jax
-    from flax import nnx
-
-    from capojax.rollout.sampler import bucket, pad_prompts
-
-    completions = np.asarray(completions, np.int32)
-    lengths = np.asarray(lengths, np.int32)
-    n_rows, t_len = completions.shape
-    out = np.full(n_rows, np.nan, np.float32)
-    if n_rows == 0:
-        return out
-    graphdef, state = nnx.split(model)
-    put = lambda x: x  # noqa: E731
-    if mesh is not None:
-        from capojax.sharding import batch_sharding
-
-        fsdp = int(mesh.shape["fsdp"])
-        rows_per_batch = -(-rows_per_batch // fsdp) * fsdp
-        put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
-    chunk = min(time_chunk, bucket(max(t_len, 1)))
-    t_pad = -(-t_len // chunk) * chunk
-    p_len = bucket(max(len(p) for p in prompts), 16)
-    fn = _token_logprob_fn(graphdef, p_len, chunk)
-    for start in range(0, n_rows, rows_per_batch):
-        rows = np.arange(start, min(start + rows_per_batch, n_rows))
-        r_pad = np.concatenate([rows, np.full(rows_per_batch - len(rows), rows[-1])])  # filler rows: repeats
-        ptoks, pmask = pad_prompts([prompts[i] for i in prompt_index[r_pad]], p_len, pad_id)
-        ctoks = np.full((rows_per_batch, t_pad), pad_id, np.int32)
-        ctoks[:, :t_len] = completions[r_pad]
-        cmask = np.arange(t_pad)[None, :] < lengths[r_pad][:, None]
-        tokens = np.concatenate([ptoks, np.where(cmask, ctoks, pad_id)], axis=1)
-        mask = np.concatenate([pmask, cmask], axis=1)
-        logp = np.asarray(jax.device_get(fn(state, put(tokens), put(mask))), np.float64)
-        total = np.where(cmask, logp, 0.0).sum(axis=1)
-        count = cmask.sum(axis=1)
-        lpm = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        out[rows] = lpm[: len(rows)]
-    return out
-
-
-def server_completion_lpm(
-    client: Any,
-    prompts: Sequence[Sequence[int]],
-    completions: np.ndarray,
-    lengths: np.ndarray,
-    prompt_index: np.ndarray,
-    *,
-    max_concurrency: int = 16,
-) -> np.ndarray:
-    """`completion_lpm` computed by a vLLM server -> f32[N]: the mean of its raw (temperature-1) prompt log-probs
-    over each completion's tokens, one `prompt_logprobs` request per row (`client`: a `VLLMClient`).
-    Same arguments as `completion_lpm`; a row with no tokens gets NaN."""
-    import concurrent.futures as cf
-
-    completions = np.asarray(completions, np.int32)
-    lengths = np.asarray(lengths, np.int32)
-    out = np.full(len(lengths), np.nan, np.float32)
-
-    def one(row: int) -> float:
-        prompt = list(prompts[int(prompt_index[row])])
-        completion = completions[row, : lengths[row]].tolist()
-        logp = client.prompt_logprobs(prompt + completion)  # log p(tokens[t] | tokens[:t]), t >= 1
-        return float(np.mean(np.asarray(logp[len(prompt) - 1 :], np.float64)))
-
-    rows = [r for r in range(len(lengths)) if lengths[r] > 0]
-    with cf.ThreadPoolExecutor(max_workers=max(1, int(max_concurrency))) as pool:
-        for row, value in zip(rows, pool.map(one, rows)):
-            out[row] = value
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# One benchmark
+# One benchmark: sample -> score -> grade (capojax.eval_pipeline), then cluster -> summarise
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -244,6 +115,55 @@ def _chunk_seed(seed: int, name: str, start: int) -> int:
     return int(np.random.SeedSequence([seed, digest, start]).generate_state(1)[0] % (2**31))
 
 
+def _render_prompts(problems: Sequence[Any], tokenizer: Any, template: str,
+                    chat_template_kwargs: Mapping[str, Any]) -> list[list[int]]:
+    """Each problem rendered with the prompt template (the checkpoint's chat template when it ships one)."""
+    from capojax.data.templates import render_prompt
+
+    return [
+        tokenizer.encode(
+            render_prompt(p.problem, tokenizer=tokenizer, style=template,
+                          chat_template_kwargs=dict(chat_template_kwargs) or None),
+            add_special_tokens=False,
+        )
+        for p in problems
+    ]
+
+
+def _teacher_forced_scorer(model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, max_new_tokens: int,
+                           rows_per_batch: int, mesh: Any = None, time_chunk: int = 128):
+    """The temperature-1 log-prob pass on `model`, with one shape for the whole benchmark (P from all prompts, T from
+    max_new_tokens: it compiles once) and the head over `time_chunk` positions at a time (a 150k vocabulary never
+    materialises a full [rows, T, V] array). With a `mesh`, rows are split over "fsdp" (`rows_per_batch` is
+    rounded up to a multiple of its size)."""
+    from flax import nnx
+
+    from capojax.trainer.batch import round_up
+
+    graphdef, state = nnx.split(model)
+    put = None
+    if mesh is not None:
+        import jax
+
+        from capojax.sharding import batch_sharding
+
+        fsdp = int(mesh.shape["fsdp"])
+        rows_per_batch = -(-rows_per_batch // fsdp) * fsdp
+        put = functools.partial(jax.device_put, device=batch_sharding(mesh))
+    return eval_pipeline.TeacherForced(
+        _logprob_fn(graphdef, mesh, time_chunk), state, pad_id=pad_id, put=put, rows_per_batch=rows_per_batch,
+        prompt_len=round_up(max(len(p) for p in prompts), 32), length=round_up(max_new_tokens, 32),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _logprob_fn(graphdef: Any, mesh: Any, time_chunk: int):
+    """One jitted temperature-1 log-prob pass per model structure (kept across benchmarks: no recompilation)."""
+    from capojax.trainer.logprobs import make_logprob_fn
+
+    return make_logprob_fn(graphdef, temperature=1.0, mesh=mesh, with_entropy=False, time_chunk=time_chunk)
+
+
 def evaluate_problems(
     model: Any,
     tokenizer: Any,
@@ -268,131 +188,107 @@ def evaluate_problems(
     progress: bool = True,
     chat_template_kwargs: Mapping[str, Any] | None = None,
     require_boxed: bool = False,
-    lpm_fn: Any = None,
+    scorer: Any = None,
     presence_penalty: float = 0.0,
 ) -> BenchmarkResult:
-    """Sample, grade and score `problems` (objects with `id`, `problem`, `gold`) -> BenchmarkResult.
+    """Sample, score, grade, cluster and summarise `problems` (objects with `id`, `problem`, `gold`) -> BenchmarkResult.
 
     model: a `capojax.models.Qwen` (used for the temperature-1 log-probs, and for sampling unless `engine` is given).
-    engine: any `RolloutEngine` already holding the model's weights (e.g. the trainer's vLLM sidecar); default a
+    engine: any `RolloutEngine` already holding the model's weights (e.g. a vLLM sidecar); default a
     `JaxRolloutEngine` on `model`. mesh: rows of the sampler and of the lpm pass split over its "fsdp" axis.
     stop_ids: token ids that end a completion (default: tokenizer/ChatML EOS).
-    batch_size: problems per `generate` call (rows = batch_size * n).
+    batch_size: problems per `generate` call (rows = batch_size * n); lpm_rows_per_batch: rows per log-prob pass.
     require_boxed: grade the last `\\boxed{}` only (no box: wrong), as verl's math reward; False falls back to
     math-verify's extraction of the response's tail. Recorded in the summary either way.
-    lpm_fn: `(prompts, tokens, lengths, prompt_index) -> f32[N]` temperature-1 mean log-probs (default:
-    `completion_lpm` on `model`; e.g. `server_completion_lpm` with a vLLM engine, when `model` may be None).
+    scorer: an `eval_pipeline.Scorer` for the temperature-1 mean log-probs (default: the teacher-forced pass on
+    `model`; e.g. `eval_pipeline.ServerScored` with a vLLM engine, when `model` may be None).
     presence_penalty: subtracted from the logits of tokens a sample has generated (vLLM's definition; DCPO's
     evaluation uses 1.5). The lpm stays the model's own temperature-1 log-prob, without it.
     """
-    from tqdm.auto import tqdm
-
-    from capojax import metrics
-    from capojax.data.templates import render_prompt
-    from capojax.rewards import DEFAULT_TIMEOUT, grade_batch, parse_confidences
+    from capojax.rewards import DEFAULT_TIMEOUT
     from capojax.rollout.base import SamplingParams
 
     if not problems:
         raise ValueError(f"{name}: no problems to evaluate")
     if n < 1:
         raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
-    if model is None and (engine is None or lpm_fn is None):
-        raise ValueError("evaluate_problems needs a model, unless both `engine` and `lpm_fn` are given")
+    if model is None and (engine is None or scorer is None):
+        raise ValueError("evaluate_problems needs a model, unless both `engine` and `scorer` are given")
     stop_ids = _stop_ids(tokenizer, getattr(model, "config", None)) if stop_ids is None else tuple(stop_ids)
     pad_id = _pad_id(tokenizer, stop_ids)
     if engine is None:
         from capojax.rollout.sampler import JaxRolloutEngine
 
         engine = JaxRolloutEngine(model, pad_id=pad_id, eos_ids=stop_ids, mesh=mesh)
-
     kwargs = dict(chat_template_kwargs or {})
-    prompts = [
-        tokenizer.encode(
-            render_prompt(p.problem, tokenizer=tokenizer, style=template, chat_template_kwargs=kwargs or None),
-            add_special_tokens=False,
-        )
-        for p in problems
-    ]
-    num = len(problems)
-    tokens = np.full((num * n, max_new_tokens), pad_id, np.int32)
-    sampler_logp = np.zeros((num * n, max_new_tokens), np.float32)
-    lengths = np.zeros(num * n, np.int32)
-    finished = np.zeros(num * n, bool)
-
-    t0 = time.perf_counter()
-    with tqdm(total=num, desc=f"{name}: sampling", unit="problem", disable=not progress) as bar:
-        for start in range(0, num, batch_size):
-            chunk = prompts[start : start + batch_size]
-            params = SamplingParams(
-                n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                stop_token_ids=tuple(stop_ids), seed=_chunk_seed(seed, name, start), presence_penalty=presence_penalty,
-            )
-            rollout = engine.generate(chunk, params)
-            rows = slice(start * n, (start + len(chunk)) * n)
-            width = rollout.tokens.shape[1]
-            tokens[rows, :width] = rollout.tokens
-            sampler_logp[rows, :width] = rollout.logprobs
-            lengths[rows] = rollout.lengths
-            finished[rows] = rollout.finished
-            bar.update(len(chunk))
-    t_sample = time.perf_counter() - t0
-
-    prompt_index = np.repeat(np.arange(num), n)
-    t0 = time.perf_counter()
-    if lpm_fn is not None:
-        lpm = np.asarray(lpm_fn(prompts, tokens, lengths, prompt_index), np.float32)
-    else:
-        lpm = completion_lpm(
-            model, prompts, tokens, lengths, prompt_index, pad_id=pad_id, rows_per_batch=lpm_rows_per_batch,
-            mesh=mesh,
-        )
-    t_lpm = time.perf_counter() - t0
-    token_mask = np.arange(max_new_tokens)[None, :] < lengths[:, None]
-    sampler_lpm = np.where(
-        lengths > 0, (sampler_logp * token_mask).sum(1) / np.maximum(lengths, 1), np.nan
-    ).astype(np.float32)
-
-    responses = [tokenizer.decode(tokens[i, : lengths[i]].tolist(), skip_special_tokens=True) for i in range(num * n)]
-    golds = [problems[i].gold for i in prompt_index]
-    _warm_up_grader()  # clustering below compares answers in this process; grading may too (workers=0)
-    t0 = time.perf_counter()
-    graded = grade_batch(
-        responses, golds, timeout=DEFAULT_TIMEOUT if grade_timeout is None else grade_timeout, workers=grade_workers,
-        require_boxed=require_boxed,
+    prompts = _render_prompts(problems, tokenizer, template, kwargs)
+    if scorer is None:
+        scorer = _teacher_forced_scorer(model, prompts, pad_id=pad_id, max_new_tokens=max_new_tokens,
+                                        rows_per_batch=lpm_rows_per_batch, mesh=mesh)
+    _warm_up_grader()  # clustering compares answers in this process; grading may too (workers=0)
+    samples = eval_pipeline.run(
+        engine, prompts, [p.gold for p in problems], tokenizer, n=n, chunk_size=batch_size,
+        params_for=lambda start: SamplingParams(
+            n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            stop_token_ids=tuple(stop_ids), seed=_chunk_seed(seed, name, start),
+            presence_penalty=presence_penalty),
+        scorer=scorer,
+        grading=eval_pipeline.Grading(
+            timeout=DEFAULT_TIMEOUT if grade_timeout is None else grade_timeout, workers=grade_workers,
+            require_boxed=require_boxed, with_confidence=True),
+        progress=f"{name}: sampling" if progress else None,
     )
-    t_grade = time.perf_counter() - t0
-    confidence = parse_confidences(responses)
-
-    correct = np.asarray(graded.correct, bool).reshape(num, n)
-    timed_out = list(getattr(graded, "timed_out", None) or [False] * (num * n))
-    extracted = [graded.extracted[b * n : (b + 1) * n] for b in range(num)]
-    lpm2, conf2 = lpm.reshape(num, n), confidence.reshape(num, n)
-    t0 = time.perf_counter()
-    cluster_ids = metrics.cluster_answers(extracted)
-    t_cluster = time.perf_counter() - t0
-
-    summary: dict[str, Any] = {
-        "benchmark": name,
-        "problems": num,
-        "samples_per_problem": n,
-        "template": template,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "presence_penalty": float(presence_penalty),
-        "max_new_tokens": max_new_tokens,
-        "seed": seed,
-        "chat_template_kwargs": dict(kwargs),
-        "require_boxed": bool(require_boxed),
+    cluster_ids = _cluster(samples)
+    settings = {
+        "benchmark": name, "problems": len(problems), "samples_per_problem": n, "template": template,
+        "temperature": temperature, "top_p": top_p, "top_k": top_k, "presence_penalty": float(presence_penalty),
+        "max_new_tokens": max_new_tokens, "seed": seed,
+        "chat_template_kwargs": kwargs, "require_boxed": bool(require_boxed),
         "grading": "last \\boxed{} only" if require_boxed else "last \\boxed{}, else math-verify's free extraction",
         "engine": type(engine).__name__,
     }
-    summary.update(metrics.scaling_summary(correct, cluster_ids, lpm2))
+    lpm = _lpm(samples)
+    return BenchmarkResult(
+        name=name,
+        summary={**settings, **_summarise(samples, lpm, cluster_ids, n_bins=n_bins)},
+        records=_records(problems, samples, lpm, cluster_ids),
+        correct=samples.grid(samples.graded.correct),
+        lpm=samples.grid(lpm),
+        confidence=samples.grid(samples.graded.confidence),
+    )
+
+
+def _lpm(samples) -> np.ndarray:
+    """The samples' lpm f32[N], NaN for a row without tokens (it has no likelihood to speak of)."""
+    return np.where(samples.rollout.lengths > 0, samples.lpm, np.nan).astype(np.float32)
+
+
+def _cluster(samples) -> np.ndarray:
+    """Answer clusters i32[B,N] per problem (`capojax.metrics.cluster_answers`: math-verify equivalence, -1 for no
+    answer); `samples.timings["cluster"]` gets the seconds it took."""
+    from capojax import metrics
+
+    start = time.perf_counter()
+    extracted = samples.graded.extracted
+    cluster_ids = metrics.cluster_answers([extracted[b * samples.n : (b + 1) * samples.n]
+                                           for b in range(len(samples.prompts))])
+    samples.timings["cluster"] = time.perf_counter() - start
+    return cluster_ids
+
+
+def _summarise(samples, lpm: np.ndarray, cluster_ids: np.ndarray, *, n_bins: int) -> dict[str, Any]:
+    """Inference-time scaling (mean/pass/majority/perplexity consistency @k), the perplexity view `ppl/*`, the
+    stated-confidence view `dcpo/*` and the sampling/grading counts and timings of one benchmark."""
+    from capojax import metrics
+
+    n, graded = samples.n, samples.graded
+    correct, lpm2, conf2 = samples.grid(graded.correct), samples.grid(lpm), samples.grid(graded.confidence)
+    summary: dict[str, Any] = dict(metrics.scaling_summary(correct, cluster_ids, lpm2))
     for key, value in metrics.calibration_summary(np.exp(lpm2), correct, n_bins=n_bins).items():
         summary[f"ppl/{key}"] = value
     summary["ppl/mean_lpm"] = float(np.nanmean(lpm))
-    summary["dcpo/parse_rate"] = float(np.mean(~np.isnan(confidence)))
-    if not np.all(np.isnan(confidence)):
+    summary["dcpo/parse_rate"] = float(np.mean(~np.isnan(graded.confidence)))
+    if not np.all(np.isnan(graded.confidence)):
         for key, value in metrics.calibration_summary(conf2, correct, n_bins=n_bins).items():
             summary[f"dcpo/{key}"] = value
         # Inference-time scaling with the stated confidence as the vote weight (unparsed samples do not vote).
@@ -400,41 +296,47 @@ def evaluate_problems(
         summary[f"dcpo/confidence_vote@{n}"] = float(
             np.mean(np.asarray(metrics.perplexity_consistency(vote_ids, np.log(np.maximum(conf2, 1e-30)), correct)))
         )
-    summary.update(
-        {
-            "answered_rate": float(np.mean(cluster_ids >= 0)),
-            "mean_response_tokens": float(lengths.mean()),
-            "truncated_rate": float(np.mean(~finished)),
-            "grade_timeouts": int(graded.timeouts),
-            "grade_crashes": int(getattr(graded, "crashes", 0)),
-            "timing/sample_s": t_sample,
-            "timing/lpm_s": t_lpm,
-            "timing/grade_s": t_grade,
-            "timing/cluster_s": t_cluster,
-        }
-    )
+    timings = samples.timings
+    summary.update({
+        "answered_rate": float(np.mean(cluster_ids >= 0)),
+        "mean_response_tokens": float(samples.rollout.lengths.mean()),
+        "truncated_rate": float(np.mean(~samples.rollout.finished)),
+        "grade_timeouts": int(graded.timeouts),
+        "grade_crashes": int(graded.crashes),
+        "timing/sample_s": timings["sample"],
+        "timing/lpm_s": timings["score"],
+        "timing/grade_s": timings["grade"],
+        "timing/cluster_s": timings["cluster"],
+    })
+    return summary
 
+
+def _records(problems: Sequence[Any], samples, lpm: np.ndarray, cluster_ids: np.ndarray) -> list[dict[str, Any]]:
+    """One dict per sample (samples.jsonl): the response, its grade, both confidence views and its answer cluster.
+    `sampler_lpm` is the sampler's own mean log-prob, under the sampling distribution (for reference only)."""
+    rollout, graded, n = samples.rollout, samples.graded, samples.n
+    sampler_lpm = np.where(rollout.lengths > 0, (rollout.logprobs * rollout.mask).sum(1) / np.maximum(rollout.lengths, 1),
+                           np.nan).astype(np.float32)
     records = []
-    for row in range(num * n):
+    for row in range(rollout.num_rows):
         b, j = divmod(row, n)
-        records.append(
-            {
-                "problem_id": problems[b].id,
-                "sample": j,
-                "gold": list(problems[b].gold) if isinstance(problems[b].gold, (list, tuple)) else problems[b].gold,
-                "response": responses[row],
-                "extracted": graded.extracted[row],
-                "correct": bool(correct[b, j]),
-                "grade_timed_out": bool(timed_out[row]),
-                "lpm": _finite_or_none(lpm[row]),
-                "sampler_lpm": _finite_or_none(sampler_lpm[row]),
-                "confidence": _finite_or_none(confidence[row]),
-                "answer_cluster": int(cluster_ids[b, j]),
-                "tokens": int(lengths[row]),
-                "finished": bool(finished[row]),
-            }
-        )
-    return BenchmarkResult(name=name, summary=summary, records=records, correct=correct, lpm=lpm2, confidence=conf2)
+        gold = problems[b].gold
+        records.append({
+            "problem_id": problems[b].id,
+            "sample": j,
+            "gold": list(gold) if isinstance(gold, (list, tuple)) else gold,
+            "response": graded.texts[row],
+            "extracted": graded.extracted[row],
+            "correct": bool(graded.correct[row]),
+            "grade_timed_out": bool(graded.timed_out[row]),
+            "lpm": _finite_or_none(lpm[row]),
+            "sampler_lpm": _finite_or_none(sampler_lpm[row]),
+            "confidence": _finite_or_none(graded.confidence[row]),
+            "answer_cluster": int(cluster_ids[b, j]),
+            "tokens": int(rollout.lengths[row]),
+            "finished": bool(rollout.finished[row]),
+        })
+    return records
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -714,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"--chat_template_kwargs) need the model's chat template, but the tokenizer in "
                      f"{args.tokenizer or ckpt} has none: copy the checkpoint's tokenizer_config.json there (or pass "
                      f"--tokenizer DIR), or pass --chat_template_kwargs '{{}}'")
-    engine = lpm_fn = model = None
+    engine = scorer = model = None
     if args.engine == "vllm":
         # The server samples and scores: no JAX model (a 7B checkpoint need not fit the evaluating host).
         from capojax.models import QwenConfig
@@ -722,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = QwenConfig.from_json(ckpt / "config.json")
         stop_ids = _stop_ids(tokenizer, config, extra=special_token_ids(tokenizer, ckpt).eos_ids)
         engine = _vllm_engine(args, ckpt, pad_id=_pad_id(tokenizer, stop_ids), stop_ids=stop_ids)
-        lpm_fn = functools.partial(server_completion_lpm, engine.client, max_concurrency=args.vllm_concurrency)
+        scorer = eval_pipeline.ServerScored(engine.client, max_concurrency=args.vllm_concurrency)
     else:
         model, config = load_pretrained(ckpt, dtype=dtype, mesh=mesh)
         logger.info("loaded %s (%s) in %.1fs", ckpt, config.model_type, time.perf_counter() - t0)
@@ -737,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_ids=stop_ids, mesh=mesh, batch_size=args.batch_size, grade_workers=args.grade_workers,
             grade_timeout=args.grade_timeout, progress=not args.no_progress,
             chat_template_kwargs=args.chat_template_kwargs or None, require_boxed=args.require_boxed,
-            presence_penalty=args.presence_penalty, engine=engine, lpm_fn=lpm_fn,
+            presence_penalty=args.presence_penalty, engine=engine, scorer=scorer,
         )
     finally:
         if engine is not None:

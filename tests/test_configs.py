@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from capojax.checkpoint import ModelNotFoundError, resolve_model_path
+from capojax.models.resolve import ModelNotFoundError, resolve_model_path
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 NAMES = ["capo_1p5b", "capo_7b", "grpo_1p5b", "grpo_7b", "gspo_1p5b", "gspo_7b", "grpo_mask_1p5b", "dcpo_qwen3_8b",

@@ -3,7 +3,7 @@
 Importing this package is light (no math-verify/sympy until the first grade, no JAX).
 
 - :func:`extract_boxed` — the last ``\\boxed{...}`` answer.
-- :func:`grade`, :func:`grade_batch` (worker processes, hard deadlines) -> :class:`GradeResult`,
+- :func:`grade`, :func:`grade_batch` (worker processes, hard deadlines) -> :class:`GradeResult` (:mod:`capojax.rewards.result`),
   :func:`answers_equivalent`, :func:`equivalence_classes` — see :mod:`capojax.rewards.grading`.
 - :func:`parse_confidence`, :func:`parse_confidences`, :func:`confidence_token_span`,
   :func:`confidence_token_mask` — see :mod:`capojax.rewards.confidence`.
@@ -21,7 +21,6 @@ from capojax.rewards.confidence import (
 )
 from capojax.rewards.grading import (
     DEFAULT_TIMEOUT,
-    GradeResult,
     answers_equivalent,
     equivalence_classes,
     grade,
@@ -29,6 +28,7 @@ from capojax.rewards.grading import (
     grade_detailed,
     normalize_gold,
 )
+from capojax.rewards.result import GradeResult
 
 __all__ = [
     "extract_boxed",

@@ -32,7 +32,6 @@ this keeps e.g. a million-digit number from ever reaching sympy).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -46,10 +45,11 @@ from typing import Any, Union
 
 from capojax.rewards.boxed import extract_boxed
 from capojax.rewards.confidence import strip_confidence
+from capojax.rewards.pool import default_pool, shared_pool
+from capojax.rewards.result import GradeResult
 
 __all__ = [
     "Gold",
-    "GradeResult",
     "GradingTimeout",
     "normalize_gold",
     "grade",
@@ -73,24 +73,6 @@ DEFAULT_TIMEOUT = 5.0
 
 class GradingTimeout(BaseException):
     """Raised by the deadline timer. A BaseException so library ``except Exception`` blocks let it through."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GradeResult:
-    """Result of :func:`grade_batch`.
-
-    correct: per response, whether it matches one of its gold answers (False on timeout or crash).
-    extracted: per response, the answer string that was graded (boxed content or fallback match), or None.
-    timeouts: how many responses hit the deadline (soft timer or hard kill of a worker).
-    crashes: how many responses crashed a worker process (counted wrong; the worker is replaced).
-    timed_out: per response, whether it hit the deadline (``sum(timed_out) == timeouts``).
-    """
-
-    correct: list[bool]
-    extracted: list[str | None]
-    timeouts: int
-    crashes: int = 0
-    timed_out: list[bool] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,8 +298,6 @@ def grade_detailed(
     golds = normalize_gold(gold)
     if _in_main_thread():
         return grade_in_process(response, golds, timeout, require_boxed)
-    from capojax.rewards.pool import shared_pool
-
     r = shared_pool().grade([response], [golds], timeout=timeout, require_boxed=require_boxed)
     return r.correct[0], r.extracted[0], r.timeouts > 0
 
@@ -372,8 +352,6 @@ def grade_batch(
             timeouts=sum(o[2] for o in out),
             timed_out=[o[2] for o in out],
         )
-    from capojax.rewards.pool import default_pool
-
     return default_pool(workers).grade(responses, norm, timeout=timeout, require_boxed=require_boxed)
 
 
@@ -388,8 +366,6 @@ def answers_equivalent(a: str, b: str, *, timeout: float = DEFAULT_TIMEOUT) -> b
     a, b = _check_response(a), _check_response(b)
     if _in_main_thread():
         return equivalent_in_process(a, b, timeout)[0]
-    from capojax.rewards.pool import shared_pool
-
     return shared_pool().equivalent([(a, b)], timeout=timeout)[0]
 
 

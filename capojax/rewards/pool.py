@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 
-from capojax.rewards.grading import GradeResult
+from capojax.rewards.result import GradeResult
 
 __all__ = ["GraderPool", "default_pool", "shared_pool", "hard_deadline"]
 

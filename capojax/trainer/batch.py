@@ -57,18 +57,21 @@ def assemble(
     pad_id: int,
     bucket: int = 32,
     min_rows: int = 1,
+    prompt_len: int | None = None,
+    length: int | None = None,
 ) -> SequenceBatch:
     """Builds a `SequenceBatch`; `rollout.prompt_index` says which prompt each row answers.
 
     Rows are padded up to a multiple of `min_rows` (e.g. the number of data-parallel shards) with fully
-    masked rows, which contribute nothing to any loss or metric.
+    masked rows, which contribute nothing to any loss or metric. prompt_len, length: fixed P and T (e.g. one
+    shape for a whole evaluation, so it compiles once); None: the rows' own, rounded up to `bucket`.
     """
     if rollout.num_rows == 0:
         raise ValueError("the rollout has no rows")
     n_real = rollout.num_rows
     n = round_up(n_real, min_rows)
-    p = round_up(max(len(prompts[i]) for i in rollout.prompt_index), bucket)
-    t = round_up(int(rollout.lengths.max(initial=1)), bucket)
+    p = _fixed_or_bucketed(max(len(prompts[i]) for i in rollout.prompt_index), prompt_len, bucket, "prompt_len")
+    t = _fixed_or_bucketed(int(rollout.lengths.max(initial=1)), length, bucket, "length")
 
     input_ids = np.full((n, p + t), pad_id, np.int32)
     attention_mask = np.zeros((n, p + t), bool)
@@ -84,3 +87,11 @@ def assemble(
         sampler_logp[row, :length] = rollout.logprobs[row, :length]
     positions = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0).astype(np.int32)
     return SequenceBatch(input_ids, attention_mask, positions, response_mask, sampler_logp)
+
+
+def _fixed_or_bucketed(needed: int, fixed: int | None, bucket: int, name: str) -> int:
+    if fixed is None:
+        return round_up(needed, bucket)
+    if fixed < needed:
+        raise ValueError(f"{name}={fixed} is shorter than the longest row ({needed} tokens); pass at least {needed}")
+    return int(fixed)

@@ -1,4 +1,6 @@
-"""Teacher-forced log-probs of completion tokens: the trainer's view of what the rollout engine sampled.
+"""Teacher-forced log-probs of completion tokens: the trainer's view of what the rollout engine sampled, and the
+one definition of them: the PPO update, the old/reference log-prob passes, the validation and `capojax.evaluate`
+(through `capojax.eval_pipeline`) all compute them here.
 
 Rows come from `batch.SequenceBatch`: the completion starts at the static column `prompt_len`, so the
 logits that score completion token `t` sit at column `prompt_len - 1 + t`.
@@ -26,18 +28,38 @@ def completion_logprobs(
     prompt_len: int,
     temperature: float = 1.0,
     with_entropy: bool = True,
+    time_chunk: int | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-prob and entropy of every completion position.
 
     input_ids, attention_mask, positions: [N, P+T] -> (logp f32[N, T], entropy f32[N, T] or None).
     Logits are divided by the sampling temperature so that, at ratio 1, these equal the sampler's log-probs.
     with_entropy=False skips the entropy: a softmax over the vocabulary that, at 152k, costs as much as the head.
+    time_chunk: compute the head over `time_chunk` positions at a time (lax.map), so that the logits of a long
+    completion never exist as one f32[N, T, V] array (evaluation: 3k tokens x 152k vocabulary); None = all at once.
     """
     hidden = model.hidden(input_ids, attention_mask=attention_mask, positions=positions)
-    hidden = hidden[:, prompt_len - 1 : -1]
+    hidden = hidden[:, prompt_len - 1 : -1]  # the state before completion token t predicts token t
+    targets = input_ids[:, prompt_len:]
+    rows, length, width = hidden.shape
+    if not time_chunk or time_chunk >= length:
+        return _head_logprobs(model, hidden, targets, temperature, with_entropy)
+    chunks = -(-length // time_chunk)
+    pad = chunks * time_chunk - length  # the padded tail positions are computed, then dropped
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(rows, chunks, time_chunk, width).swapaxes(0, 1)
+    targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(rows, chunks, time_chunk).swapaxes(0, 1)
+    logp, entropy = jax.lax.map(lambda c: _head_logprobs(model, *c, temperature, with_entropy), (hidden, targets))
+
+    def unchunk(x):  # [chunks, N, time_chunk] -> [N, T]
+        return x.swapaxes(0, 1).reshape(rows, chunks * time_chunk)[:, :length]
+
+    return unchunk(logp), None if entropy is None else unchunk(entropy)
+
+
+def _head_logprobs(model, hidden, targets, temperature: float, with_entropy: bool):
+    """hidden [N, T, H], targets i32[N, T] -> (logp f32[N, T], entropy f32[N, T] or None) through the LM head."""
     logits = model.logits(hidden).astype(jnp.float32) / temperature
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    targets = input_ids[:, prompt_len:]
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = target_logits - log_z
     if not with_entropy:
@@ -64,13 +86,14 @@ def chunk_count(rows: int, rows_per_chunk: int | None) -> int:
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chunk: int | None = None,
-                    mesh: Mesh | None = None):
+                    mesh: Mesh | None = None, with_entropy: bool = True, time_chunk: int | None = None):
     """A jitted pass `(state, input_ids, attention_mask, positions, prompt_len) -> (logp f32[N,T], entropy f32[N,T])`
-    with `prompt_len` static (it is bucketed, so few shapes compile).
+    with `prompt_len` static (it is bucketed, so few shapes compile). The entropy is None when `with_entropy` is False.
 
     The rows go through in sequential chunks of at most `rows_per_chunk` rows (lax.map) so that the
-    [rows, T, V] logits of only one chunk are alive at a time. With `mesh`, each chunk's activations and logits
-    are split by rows over its "fsdp" axis (`capojax.sharding.constrain_activations`).
+    [rows, T, V] logits of only one chunk are alive at a time; `time_chunk` also splits each row's positions
+    (see `completion_logprobs`). With `mesh`, each chunk's activations and logits are split by rows over its
+    "fsdp" axis (`capojax.sharding.constrain_activations`).
     """
 
     @functools.partial(jax.jit, static_argnames=("prompt_len",))
@@ -78,11 +101,13 @@ def make_logprob_fn(graphdef: nnx.GraphDef, *, temperature: float, rows_per_chun
         def one_chunk(chunk):
             model = nnx.merge(graphdef, state)
             with activation_mesh(mesh):
-                return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature)
+                return completion_logprobs(model, *chunk, prompt_len=prompt_len, temperature=temperature,
+                                           with_entropy=with_entropy, time_chunk=time_chunk)
 
         chunks = chunk_count(input_ids.shape[0], rows_per_chunk)
         parts = tuple(split_rows(x, chunks) for x in (input_ids, attention_mask, positions))
         logp, entropy = jax.lax.map(one_chunk, parts)
-        return logp.reshape(input_ids.shape[0], -1), entropy.reshape(input_ids.shape[0], -1)
+        rows = input_ids.shape[0]
+        return logp.reshape(rows, -1), None if entropy is None else entropy.reshape(rows, -1)
 
     return logprob_fn

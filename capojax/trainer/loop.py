@@ -39,11 +39,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from capojax import checkpoint as ckpt_lib
+from capojax import eval_pipeline
 from capojax import metrics as metrics_lib
 from capojax import objectives
 from capojax.data import pipeline
 from capojax.errors import ConfigError, StoppedBySignal
 from capojax.models import load_pretrained, save_pretrained
+from capojax.models.resolve import resolve_model_path
 from capojax.rollout.base import RolloutEngine, SamplingParams
 from capojax.rollout.layout import trainer_devices
 from capojax.sharding import make_mesh, to_host
@@ -148,7 +150,7 @@ class Trainer:
         ckpt_lib.check_workdir(self.workdir, config, force=bool(config.checkpoint.force_resume))
         self.mesh = _make_configured_mesh(config.mesh, trainer_devices(config, jax.devices()))
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("fsdp"))
-        self.model_path = ckpt_lib.resolve_model_path(config.model)
+        self.model_path = resolve_model_path(config.model)
         if config.rollout.engine == "vllm" and config.rollout.vllm_url and not config.rollout.vllm_launch:
             from capojax.rollout.vllm_engine import require_server
 
@@ -418,8 +420,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ validation
 
     def validate(self) -> dict[str, float]:
-        """Samples `rollout.val_n` completions per held-out prompt; accuracy and calibration of exp(lpm) (and of the
-        stated confidence when there is one), token entropy and the mean lpm of correct and of wrong samples.
+        """Samples `rollout.val_n` completions per held-out prompt and scores them through `capojax.eval_pipeline`
+        (the path `capojax.evaluate` takes too): accuracy and calibration of exp(lpm) (and of the stated confidence
+        when there is one), token entropy and the mean lpm of correct and of wrong samples
+        (`eval_pipeline.validation_metrics`).
 
         The sampling key comes from `rollout.val_seed`, not from the run's RNG: every evaluation of every run with
         the same held-out set draws the same uniforms, so two checkpoints (or two training seeds) are compared on
@@ -429,44 +433,23 @@ class Trainer:
         if not val:
             return {}
         n = int(config.rollout.val_n)
-        chunk = int(config.train.prompts_per_step)
         val_key = jax.random.key(int(config.rollout.val_seed))
-        correct_all, lpm_all, conf_all, entropy_sum, token_count = [], [], [], 0.0, 0
         start = time.perf_counter()
-        for first in range(0, len(val), chunk):
-            part = pipeline.to_batch(val[first : first + chunk])
-            params = self.sampling_params(first, n=n, temperature=float(config.rollout.val_temperature), key=val_key)
-            rollout = self.engine.generate(part.prompt_ids, params)
-            scores = score_rollout(
-                rollout, part.answers, self.tokenizer, timeout=float(config.reward.timeout),
-                workers=int(config.reward.workers) or None, with_confidence=parses_confidence(self.spec, config.data),
-                require_boxed=bool(config.reward.require_boxed),
-            )
+        batch = pipeline.to_batch(val)
+        samples = eval_pipeline.run(
+            self.engine, batch.prompt_ids, batch.answers, self.tokenizer, n=n,
+            chunk_size=int(config.train.prompts_per_step),
+            params_for=lambda first: self.sampling_params(
+                first, n=n, temperature=float(config.rollout.val_temperature), key=val_key),
             # Teacher-forced at temperature 1: the policy's own likelihood, whatever the sampling settings.
-            seq = batch_lib.assemble(part.prompt_ids, rollout, pad_id=self.special.pad_id)
-            logp, entropy = self.val_logprob_fn(
-                self.params, *(self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions")),
-                prompt_len=seq.prompt_len,
-            )
-            lpm = to_host(objectives.lpm(logp, self._put(seq.response_mask)))
-            entropy_sum += float(to_host(entropy)[seq.response_mask].sum())
-            token_count += int(seq.response_mask.sum())
-            correct_all.append(scores.correct.reshape(len(part), n))
-            lpm_all.append(lpm.reshape(len(part), n))
-            conf_all.append(scores.confidence.reshape(len(part), n))
-        correct = np.concatenate(correct_all)
-        lpm = np.concatenate(lpm_all)
-        out = {f"val/{k}": v for k, v in metrics_lib.calibration_summary(np.exp(lpm), correct).items()}
-        out["val/entropy"] = entropy_sum / max(token_count, 1)
-        # Standard error of val/accuracy with the prompt as the unit (samples of one prompt are not independent).
-        per_prompt = correct.mean(axis=1)
-        out["val/accuracy_se"] = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
-        out["val/lpm/correct"] = _masked_mean(lpm, correct)
-        out["val/lpm/wrong"] = _masked_mean(lpm, ~correct)
-        out["val/lpm/group_sd"] = float(np.mean(lpm.std(axis=1, ddof=1))) if n > 1 else float("nan")  # CAPO's tau scale
-        stated = np.concatenate(conf_all)
-        if np.isfinite(stated).any():
-            out.update({f"val/stated/{k}": v for k, v in metrics_lib.calibration_summary(stated, correct).items()})
+            scorer=eval_pipeline.TeacherForced(self.val_logprob_fn, self.params, pad_id=self.special.pad_id,
+                                               put=self._put),
+            grading=eval_pipeline.Grading(
+                timeout=float(config.reward.timeout), workers=int(config.reward.workers) or None,
+                require_boxed=bool(config.reward.require_boxed),
+                with_confidence=parses_confidence(self.spec, config.data)),
+        )
+        out = eval_pipeline.validation_metrics(samples)
         out["timing/validation"] = time.perf_counter() - start
         return out
 

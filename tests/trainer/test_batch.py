@@ -51,3 +51,21 @@ def test_empty_rollout_is_an_error():
 @pytest.mark.parametrize("n,m,expected", [(1, 32, 32), (32, 32, 32), (33, 32, 64), (0, 8, 8)])
 def test_round_up(n, m, expected):
     assert round_up(n, m) == expected
+
+
+def test_assemble_pads_to_fixed_sizes_and_refuses_too_small_ones():
+    prompts = [[1, 2, 3], [4]]
+    rollout = _rollout([2, 5, 1, 3], n=2)
+    own = assemble(prompts, rollout, pad_id=0, bucket=4)
+    fixed = assemble(prompts, rollout, pad_id=0, bucket=4, prompt_len=6, length=11)
+    assert (fixed.prompt_len, fixed.response_mask.shape[1]) == (6, 11)
+    # the same rows, two more pad columns on the left and three on the right
+    np.testing.assert_array_equal(fixed.input_ids[:, 2:-3], own.input_ids)
+    assert not fixed.attention_mask[:, :2].any() and not fixed.attention_mask[:, -3:].any()
+    np.testing.assert_array_equal(fixed.response_mask[:, :8], own.response_mask)
+    np.testing.assert_array_equal(fixed.positions[:, 2:-3][own.attention_mask], own.positions[own.attention_mask])
+    assert fixed.attention_mask.sum() == own.attention_mask.sum()
+    with pytest.raises(ValueError, match="prompt_len=2 is shorter than the longest row \\(3 tokens\\)"):
+        assemble(prompts, rollout, pad_id=0, prompt_len=2)
+    with pytest.raises(ValueError, match="length=4 is shorter than the longest row \\(5 tokens\\)"):
+        assemble(prompts, rollout, pad_id=0, length=4)

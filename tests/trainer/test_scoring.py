@@ -1,10 +1,11 @@
-"""score_rollout: decode, grade (verl's boxed-only training reward by default) and read the DCPO confidence."""
+"""grade_rollout / score_rollout: decode, grade (verl's boxed-only training reward by default) and read the DCPO
+confidence."""
 
 import numpy as np
 import pytest
 
 from capojax.rollout.base import Rollout
-from capojax.trainer.scoring import score_rollout
+from capojax.trainer.scoring import grade_rollout, score_rollout
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,17 @@ def test_confidence_is_parsed_only_when_asked(tok):
     assert with_conf.confidence_mask.any(axis=1).all() and with_conf.correct.tolist() == [True, False]
     without = score_rollout(rollout, ["25"], tok, timeout=30.0, workers=0, with_confidence=False)
     assert np.isnan(without.confidence).all() and not without.confidence_mask.any()
+
+
+def test_grade_rollout_grades_each_row_against_its_prompts_gold(tok):
+    """Rows answer prompts by `prompt_index`; grade_rollout is score_rollout without the confidence token masks."""
+    rollout = _rollout(tok, ["\\boxed{7}\nCONFIDENCE: 0.9", "\\boxed{7}", "\\boxed{8}\nCONFIDENCE: 0.6"])
+    rollout.prompt_index[:] = [0, 1, 1]
+    graded = grade_rollout(rollout, ["7", "8"], tok, timeout=30.0, workers=0, with_confidence=True)
+    assert graded.correct.tolist() == [True, False, True] and graded.extracted == ["7", "7", "8"]
+    assert graded.timed_out.tolist() == [False] * 3 and graded.timeouts == graded.crashes == 0
+    np.testing.assert_array_equal(graded.confidence, np.array([0.9, np.nan, 0.6], np.float32))
+    assert graded.texts[1] == "\\boxed{7}"
+    scores = score_rollout(rollout, ["7", "8"], tok, timeout=30.0, workers=0, with_confidence=True)
+    assert scores.correct.tolist() == graded.correct.tolist() and scores.texts == graded.texts
+    np.testing.assert_array_equal(scores.confidence, graded.confidence)
