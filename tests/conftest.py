@@ -22,6 +22,23 @@ def shared_data() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def benchmark_data() -> pathlib.Path:
+    """A folder holding the primary benchmark files in ../shared/data's layout: ../shared/data when present, else the
+    hash-checked cache that `capojax.data.fetch` fills (downloading on a bare clone with network); skip when neither
+    is possible, with the fetch error as the reason."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    from capojax.data import fetch
+
+    try:
+        for name in fetch.SOURCES:
+            fetch.locate(name)
+    except fetch.BenchmarkFileError as e:
+        pytest.skip(f"no ../shared/data beside the checkout and the benchmark files cannot be fetched: {e}")
+    return fetch.cache_dir()
+
+
+@pytest.fixture(scope="session")
 def qwen_tokenizer_dir(shared_data) -> pathlib.Path:
     path = shared_data / "tokenizers" / "qwen2.5"
     if not (path / "tokenizer.json").is_file():

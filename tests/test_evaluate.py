@@ -56,14 +56,14 @@ def _run_cli(*args, timeout=300):
     )
 
 
-def test_cli_end_to_end(tiny_checkpoint, shared_data, tmp_path):
+def test_cli_end_to_end(tiny_checkpoint, benchmark_data, tmp_path):
     from capojax.data.benchmarks import load_benchmark
 
     out = tmp_path / "eval"
     proc = _run_cli(
         "--checkpoint", tiny_checkpoint, "--benchmarks", "aime24,math500", "--n", 2, "--limit", 2,
         "--max_new_tokens", 16, "--temperature", 0.6, "--top_p", 0.95, "--out", out, "--seed", 3,
-        "--grade_workers", 1, "--data_dir", shared_data,
+        "--grade_workers", 1, "--data_dir", benchmark_data,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "sampling" in proc.stderr  # the progress bar
@@ -74,7 +74,7 @@ def test_cli_end_to_end(tiny_checkpoint, shared_data, tmp_path):
         assert summary["protocol"] == "none" and summary["require_boxed"] is False  # the lenient default, recorded
         rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
         assert len(rows) == 4
-        ids = [p.id for p in load_benchmark(bench, limit=2, data_dir=shared_data)]
+        ids = [p.id for p in load_benchmark(bench, limit=2, data_dir=benchmark_data)]
         assert [r["problem_id"] for r in rows] == [ids[0], ids[0], ids[1], ids[1]]
         assert [r["sample"] for r in rows] == [0, 1, 0, 1]
         for r in rows:

@@ -38,8 +38,8 @@ KNOWN_SELF_MISSES: dict[str, set[str]] = {}
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_load_every_benchmark(shared_data, name):
-    problems = load_benchmark(name, data_dir=shared_data)
+def test_load_every_benchmark(benchmark_data, name):
+    problems = load_benchmark(name, data_dir=benchmark_data)
     assert len(problems) == EXPECTED_SIZES[name]
     assert len({p.id for p in problems}) == len(problems)
     for p in problems:
@@ -47,24 +47,24 @@ def test_load_every_benchmark(shared_data, name):
         assert isinstance(p.gold, tuple) and p.gold and all(isinstance(g, str) and g == g.strip() and g for g in p.gold)
 
 
-def test_benchmark_quirks_are_normalised(shared_data):
-    aime24 = load_benchmark("aime24", data_dir=shared_data)
+def test_benchmark_quirks_are_normalised(benchmark_data):
+    aime24 = load_benchmark("aime24", data_dir=benchmark_data)
     assert any(p.gold == ("025",) for p in aime24)  # zero padding kept; grading compares numerically
-    assert load_benchmark("amc23", data_dir=shared_data)[0].gold == ("27",)  # 27.0 -> "27"
-    assert load_benchmark("aime25", data_dir=shared_data)[0].gold == ("70",)  # int
-    minerva = load_benchmark("minerva", data_dir=shared_data)
+    assert load_benchmark("amc23", data_dir=benchmark_data)[0].gold == ("27",)  # 27.0 -> "27"
+    assert load_benchmark("aime25", data_dir=benchmark_data)[0].gold == ("70",)  # int
+    minerva = load_benchmark("minerva", data_dir=benchmark_data)
     assert max(len(p.gold) for p in minerva) > 1 and not any(g.endswith("\n") for p in minerva for g in p.gold)
     # the 40 AMC 2023 problems are a subset of the 83 (README): same problem text, same answers
-    amc = {p.problem: p.gold for p in load_benchmark("amc", data_dir=shared_data)}
-    assert all(amc.get(p.problem) == p.gold for p in load_benchmark("amc23", data_dir=shared_data))
+    amc = {p.problem: p.gold for p in load_benchmark("amc", data_dir=benchmark_data)}
+    assert all(amc.get(p.problem) == p.gold for p in load_benchmark("amc23", data_dir=benchmark_data))
 
 
-def test_limit_and_case_insensitive_name(shared_data):
-    assert [p.id for p in load_benchmark("MATH500", limit=3, data_dir=shared_data)] == [
-        p.id for p in load_benchmark("math500", data_dir=shared_data)[:3]
+def test_limit_and_case_insensitive_name(benchmark_data):
+    assert [p.id for p in load_benchmark("MATH500", limit=3, data_dir=benchmark_data)] == [
+        p.id for p in load_benchmark("math500", data_dir=benchmark_data)[:3]
     ]
     with pytest.raises(ValueError, match="limit"):
-        load_benchmark("math500", limit=0, data_dir=shared_data)
+        load_benchmark("math500", limit=0, data_dir=benchmark_data)
 
 
 def test_data_dir_from_env(shared_data, monkeypatch, tmp_path):
@@ -198,9 +198,9 @@ def _check(key: str, problems: list[Problem]):
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_gold_answers_sample(shared_data, name):
+def test_gold_answers_sample(benchmark_data, name):
     """Default suite: 12 problems per primary benchmark (fixed seed), through the worker pool."""
-    problems = load_benchmark(name, data_dir=shared_data)
+    problems = load_benchmark(name, data_dir=benchmark_data)
     sample = random.Random(0).sample(problems, min(12, len(problems)))
     _check(BENCHMARKS[name].removeprefix("eval/"), sample)
 
