@@ -123,9 +123,15 @@ def run_capojax(args) -> dict:
         batch = PromptBatch(ids=[str(i) for i in range(len(prompts))], problems=["-"] * len(prompts),
                             answers=["0"] * len(prompts), prompts=["-"] * len(prompts), prompt_ids=prompts)
 
-        class Same:
+        class Same:  # the same prompts every step; nothing to rewind
             def __next__(self):
                 return batch
+
+            def get_state(self):
+                return {}
+
+            def set_state(self, state):
+                pass
 
         trainer.iterator = Same()
         n_params = sum(int(x.size) for x in jax.tree.leaves(trainer.params))

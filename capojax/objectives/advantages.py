@@ -257,6 +257,9 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 # the trainer loads (and runs) a reference model only when some rule says so, the reference-PPL mask is on, or
 # the KL penalty is on.
 _READS_REFERENCE: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
+# Estimators that read the actor's own log-probs (AdvantageInputs.lpm): they need the old-log-prob pass before the
+# advantages; the others let an on-policy step take those log-probs from the update's forward instead.
+_READS_POLICY_LOGPROBS: set[str] = set()
 # The reference-perplexity noise mask (`capo_mask`) is not part of any one estimator: `compute_advantages` applies
 # it after whichever estimator runs, so CAPO (on by default) and e.g. GRPO (the CAPO paper's mask-only ablation)
 # share it. These are its hyper-parameters and their defaults (mask off).
@@ -264,11 +267,13 @@ REF_MASK_HPARAMS: Mapping[str, Any] = {"use_ref_mask": False, "ref_high": 2.5, "
 
 
 def register_advantage_estimator(
-    name: str, *, reads_reference: Callable[[Mapping[str, Any]], bool] | None = None
+    name: str, *, reads_reference: Callable[[Mapping[str, Any]], bool] | None = None,
+    reads_policy_logprobs: bool = False,
 ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: `fn(inputs: AdvantageInputs, **hparams) -> f32[B,G,T]` becomes ADVANTAGE_ESTIMATORS[name].
 
     reads_reference: `rule(hparams) -> bool`, True when the estimator uses `inputs.ref_ppl` (default: never).
+    reads_policy_logprobs: the estimator uses `inputs.lpm` (the actor's log-probs before the update).
     """
 
     def decorate(fn: AdvantageEstimator) -> AdvantageEstimator:
@@ -277,6 +282,8 @@ def register_advantage_estimator(
         ADVANTAGE_ESTIMATORS[name] = fn
         if reads_reference is not None:
             _READS_REFERENCE[name] = reads_reference
+        if reads_policy_logprobs:
+            _READS_POLICY_LOGPROBS.add(name)
         return fn
 
     return decorate
@@ -294,13 +301,20 @@ def estimator_reads_reference(name: str, hparams: Mapping[str, Any]) -> bool:
     return bool(rule(own)) if rule is not None else False
 
 
+def estimator_reads_policy_logprobs(name: str) -> bool:
+    """Whether estimator `name` reads AdvantageInputs.lpm, the actor's length-normalised log-probs."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}.")
+    return name in _READS_POLICY_LOGPROBS
+
+
 @register_advantage_estimator("grpo")
 def grpo_estimator(inputs: AdvantageInputs, *, scale: str = "group_std", eps: float = 1e-6) -> jax.Array:
     """GRPO (scale="group_std"), group-mean/batch-std ("batch_std") or Dr.GRPO ("none") on `inputs.rewards`."""
     return broadcast_to_tokens(grpo_advantages(inputs.rewards, scale=scale, eps=eps), inputs.response_mask)
 
 
-@register_advantage_estimator("pairwise")
+@register_advantage_estimator("pairwise", reads_policy_logprobs=True)
 def pairwise_estimator(inputs: AdvantageInputs, *, surrogate: str = "logistic", **surrogate_params: Any) -> jax.Array:
     """`pairwise_advantages` with a registered surrogate (e.g. surrogate="hinge", margin=0.1) on scores = lpm."""
     correct = _require(inputs, "correct", "pairwise", "pass the verifier outcomes.")
@@ -309,7 +323,7 @@ def pairwise_estimator(inputs: AdvantageInputs, *, surrogate: str = "logistic", 
     return broadcast_to_tokens(adv, inputs.response_mask)
 
 
-@register_advantage_estimator("capo")
+@register_advantage_estimator("capo", reads_policy_logprobs=True)
 def capo_estimator(inputs: AdvantageInputs, *, tau: float) -> jax.Array:
     """The logistic pairwise advantage on (correct, lpm); CAPO's noise mask is applied by `compute_advantages`
     (`use_ref_mask`, on in the "capo" AlgorithmSpec), as for any estimator."""
@@ -361,6 +375,7 @@ __all__ = [
     "capo_advantages",
     "capo_mask",
     "compute_advantages",
+    "estimator_reads_policy_logprobs",
     "estimator_reads_reference",
     "dcpo_advantages",
     "dcpo_rewards",

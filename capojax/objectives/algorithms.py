@@ -13,7 +13,8 @@ import jax
 from capojax.errors import ConfigError
 
 from capojax.objectives.advantages import (ADVANTAGE_ESTIMATORS, REF_MASK_HPARAMS, AdvantageInputs,
-                                           compute_advantages, estimator_reads_reference)
+                                           compute_advantages, estimator_reads_policy_logprobs,
+                                           estimator_reads_reference)
 from capojax.objectives.losses import entropy_bonus, kl_penalty, policy_loss
 
 # objective(logp f32[n,T], entropy f32[n,T] | None, batch dict) -> (loss scalar, metrics dict of scalars);
@@ -89,6 +90,12 @@ class AlgorithmSpec:
         """Whether the advantages (with the spec's defaults, `overrides` taking precedence) read the reference
         perplexity, i.e. whether the trainer needs a reference model even without a KL penalty."""
         return estimator_reads_reference(self.advantage, {**self.advantage_hparams, **overrides})
+
+    @property
+    def reads_policy_logprobs(self) -> bool:
+        """Whether the advantages read the actor's own log-probs (AdvantageInputs.lpm), so that they need the
+        old-log-prob pass before the update (CAPO); see `capojax.trainer.programs.StepPrograms.old_logp_in_update`."""
+        return estimator_reads_policy_logprobs(self.advantage)
 
     def objective(self, **overrides: Any) -> Objective:
         """The trainer's objective with the spec's loss defaults; see `make_objective`."""

@@ -254,13 +254,17 @@ class Trainer:
             self.engine.sleep()
         seq, scores = self._reward(clock, prompts, rollout)
         rows = {k: self._put(getattr(seq, k)) for k in ("input_ids", "attention_mask", "positions", "response_mask")}
-        rows["old_logp"], entropy = self._old_logp(clock, rows, seq.prompt_len)
+        if not self.programs.old_logp_in_update:
+            rows["old_logp"], entropy = self._old_logp(clock, rows, seq.prompt_len)
         if self.needs_reference:
             rows["ref_logp"] = self._ref_logp(clock, rows, seq.prompt_len)
         shape = (len(prompts), int(self.config.rollout.n), seq.response_mask.shape[1])  # B, G, T
         inputs = self._advantage_inputs(rows, scores, shape)
         rows["advantages"] = self._advantage(clock, inputs)
-        update_metrics = self._update(clock, rows)
+        update_metrics, before_update = self._update(clock, rows)
+        if before_update is not None:  # on-policy step: the update's forward gave the old log-probs
+            (rows["old_logp"], entropy), mask3 = before_update, inputs.response_mask
+            inputs = inputs.replace(lpm=objectives.lpm(rows["old_logp"].reshape(shape), mask3))
         sync_metrics = self._sync(clock)
         clock.timings["timing/step"] = time.perf_counter() - clock.start
         metrics = self._step_metrics(shape, rollout, seq, scores, inputs, rows, entropy, clock.timings)
@@ -304,13 +308,13 @@ class Trainer:
         """What the advantage estimators read, in the [B,G] / [B,G,T] layout of the groups."""
         B, G, T = shape
         mask3 = rows["response_mask"].reshape(B, G, T)
-        ref_logp = rows.get("ref_logp")
+        ref_logp, old_logp = rows.get("ref_logp"), rows.get("old_logp")
         correct = scores.correct.reshape(B, G)
         return objectives.AdvantageInputs(
             rewards=jnp.asarray(correct, jnp.float32),
             response_mask=mask3,
             correct=jnp.asarray(correct),
-            lpm=objectives.lpm(rows["old_logp"].reshape(B, G, T), mask3),
+            lpm=None if old_logp is None else objectives.lpm(old_logp.reshape(B, G, T), mask3),
             ref_ppl=None if ref_logp is None else jnp.exp(-objectives.lpm(ref_logp.reshape(B, G, T), mask3)),
             confidence=jnp.asarray(scores.confidence.reshape(B, G)),
             confidence_mask=jnp.asarray(scores.confidence_mask.reshape(B, G, T)),
@@ -323,21 +327,28 @@ class Trainer:
         return jax.block_until_ready(jax.device_put(advantages, self.batch_sharding))
 
     @phase("update")
-    def _update(self, clock: StepClock, rows: dict[str, jax.Array]) -> dict[str, float]:
-        """ppo_epochs passes over the step's rows in shuffled mini-batches; the mean of the updates' metrics."""
+    def _update(self, clock: StepClock, rows: dict[str, jax.Array]):
+        """ppo_epochs passes over the step's rows in shuffled mini-batches. Returns (the mean of the updates'
+        metrics, and on an on-policy step (`programs.old_logp_in_update`) the actor's log-probs f32[B*G,T] and
+        entropy before the update, in the rows' order; else None)."""
         t = self.config.train
         n_rows = rows["input_ids"].shape[0]
         per_update = int(t.ppo_mini_batch) * int(self.config.rollout.n)
         gen = np.random.default_rng([int(t.seed), clock.step])
         host_rows = {k: to_host(v) for k, v in rows.items()}
         collected: list[dict[str, Any]] = []
+        before_update = None
         for _ in range(int(t.ppo_epochs)):
             order = gen.permutation(n_rows)
             for first in range(0, n_rows, per_update):
                 minibatch = {k: self._put(v[order[first : first + per_update]]) for k, v in host_rows.items()}
-                self.params, self.opt_state, m = self.programs.update(self.params, self.opt_state, minibatch)
+                out = self.programs.update(self.params, self.opt_state, minibatch)
+                self.params, self.opt_state, m = out[:3]
                 collected.append(m)
-        return self._update_metrics([jax.tree.map(to_host, m) for m in collected], clock.step)
+                if self.programs.old_logp_in_update:  # one update covering every row: undo its shuffle
+                    inverse = jnp.asarray(np.argsort(order))
+                    before_update = jax.tree.map(lambda x: None if x is None else x[inverse], out[3])
+        return self._update_metrics([jax.tree.map(to_host, m) for m in collected], clock.step), before_update
 
     def _update_metrics(self, collected: list[dict[str, Any]], step: int) -> dict[str, float]:
         """The mean of the updates' metrics; stops the run after `train.max_bad_steps` skipping steps in a row."""

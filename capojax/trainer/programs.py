@@ -10,7 +10,13 @@ parameters) and by the dry run `capojax.memory_plan` (abstract ones), so the two
     ref_logprob   the same for the reference model (None when the algorithm needs no reference)
     val_logprob   actor log-probs at temperature 1 (validation: the policy's own likelihood)
     advantages    AdvantageInputs -> f32[B,G,T], the spec's estimator with the config's hyper-parameters
-    update        one PPO update of a mini-batch: (params, opt_state, minibatch) -> (params, opt_state, metrics)
+    update        one PPO update of a mini-batch: (params, opt_state, minibatch) -> (params, opt_state, metrics),
+                  plus the actor's log-probs and entropy before it when `old_logp_in_update`
+
+On-policy steps skip the old-log-prob pass (`old_logp_in_update`): with one optimizer update per step the
+old log-probs are the current policy's, which the update's forward computes anyway, and unless the advantages
+read them (CAPO's lpm) nothing needs them before it. TRL does the same with num_iterations=1; the step's
+calibration metrics read the log-probs the update returns. `train.old_logp_from_update=False` keeps the pass.
 
 None of them is compiled here; jax.jit compiles on the first call (or on `.lower(...).compile()` in the plan).
 """
@@ -41,6 +47,7 @@ class StepPrograms:
     micro_batches: int  # micro-batches of one update (gradient accumulation)
     logprob_chunk_rows: int | None  # rows per chunk of the log-prob passes (None: all rows at once)
     temperature: float  # the sampling temperature the log-probs are taken at
+    old_logp_in_update: bool  # no old-log-prob pass: the update's forward gives them (and returns them)
     logprob: Callable
     ref_logprob: Callable | None
     val_logprob: Callable
@@ -51,6 +58,12 @@ class StepPrograms:
 def updates_per_step(config) -> int:
     t = config.train
     return int(t.ppo_epochs) * (int(t.prompts_per_step) // int(t.ppo_mini_batch))
+
+
+def old_logp_in_update(config, algorithm: AlgorithmSettings) -> bool:
+    """Whether a step takes the actor's old log-probs from its (single) update instead of a separate pass."""
+    return (bool(config.train.get("old_logp_from_update", True)) and updates_per_step(config) == 1
+            and not algorithm.spec.reads_policy_logprobs)
 
 
 def build_step_programs(config, mesh: Mesh, graphdef: nnx.GraphDef, *, ref_graphdef: nnx.GraphDef | None = None,
@@ -69,9 +82,11 @@ def build_step_programs(config, mesh: Mesh, graphdef: nnx.GraphDef, *, ref_graph
     temperature = float(r.temperature) or 1.0
     optimizer = build_optimizer(config.optim, total_updates)
     logprob = functools.partial(make_logprob_fn, rows_per_chunk=chunk, mesh=mesh)
+    fused = old_logp_in_update(config, algorithm)
     return StepPrograms(
         algorithm=algorithm, optimizer=optimizer, schedule=build_schedule(config.optim, total_updates),
         updates_per_step=per_step, micro_batches=micro_batches, logprob_chunk_rows=chunk, temperature=temperature,
+        old_logp_in_update=fused,
         logprob=logprob(graphdef, temperature=temperature),
         ref_logprob=logprob(ref_graphdef, temperature=temperature) if algorithm.needs_reference else None,
         val_logprob=logprob(graphdef, temperature=1.0),
@@ -79,7 +94,8 @@ def build_step_programs(config, mesh: Mesh, graphdef: nnx.GraphDef, *, ref_graph
         update=make_update_fn(
             graphdef, optimizer, algorithm.spec.objective(**algorithm.loss_overrides), temperature=temperature,
             micro_batches=micro_batches, weight_by_tokens=algorithm.agg == "token-mean", mesh=mesh,
-            with_entropy=algorithm.with_entropy,
+            # the entropy metric comes from the update's forward when there is no separate pass
+            with_entropy=algorithm.with_entropy or fused, returns_logprobs=fused,
         ),
     )
 

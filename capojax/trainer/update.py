@@ -35,11 +35,17 @@ def make_update_fn(
     weight_by_tokens: bool = False,
     mesh: Mesh | None = None,
     with_entropy: bool = True,
+    returns_logprobs: bool = False,
 ):
-    """Returns jitted `update(params, opt_state, minibatch, prompt_len) -> (params, opt_state, metrics)`.
+    """Returns jitted `update(params, opt_state, minibatch) -> (params, opt_state, metrics)`.
 
     minibatch: dict of arrays with leading dim n (rows): input_ids/attention_mask/positions i32|bool[n, P+T],
     response_mask bool[n,T], old_logp f32[n,T], ref_logp f32[n,T], advantages f32[n,T].
+    Without "old_logp" the update's own forward log-probs, detached, stand in for them: the ratio is exactly 1
+    and its gradient that of on-policy PPO, which is what the old log-probs would give when this is the only
+    update on these rows (the on-policy step, `StepPrograms.old_logp_in_update`).
+    returns_logprobs: also return the forward's log-probs and entropy, i.e. the actor's before this update:
+    `(params, opt_state, metrics, (logp f32[n,T], entropy f32[n,T] or None))`, rows in the minibatch's order.
 
     The loss of the whole mini-batch is `sum_k w_k loss_k` over its micro-batches: equal weights `1/K`, exact
     for the sequence-mean aggregations, or (`weight_by_tokens`) each micro-batch's share of the response tokens,
@@ -62,7 +68,10 @@ def make_update_fn(
                 temperature=temperature,
                 with_entropy=with_entropy,
             )
-        return objective(logp, entropy, micro)
+        if "old_logp" not in micro:
+            micro = dict(micro, old_logp=jax.lax.stop_gradient(logp))
+        loss, metrics = objective(logp, entropy, micro)
+        return loss, (metrics, jax.lax.stop_gradient((logp, entropy)))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -77,13 +86,14 @@ def make_update_fn(
 
         def accumulate(grads, inputs):
             micro, weight = inputs
-            (loss, metrics), g = grad_fn(params, micro)
+            (loss, (metrics, logprobs)), g = grad_fn(params, micro)
             grads = jax.tree.map(lambda acc, x: acc + weight * x.astype(jnp.float32), grads, g)
-            return grads, (loss * weight, jax.tree.map(lambda m: m * weight, metrics))
+            return grads, (loss * weight, jax.tree.map(lambda m: m * weight, metrics),
+                           logprobs if returns_logprobs else None)
 
         # f32 accumulator whatever the param dtype: bf16 sums of micro-batch gradients lose the small ones.
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, (micros, weights))
+        grads, (losses, metrics, logprobs) = jax.lax.scan(accumulate, zeros, (micros, weights))
         loss = losses.sum()
         metrics = jax.tree.map(lambda m: m.sum(0), metrics)
         grad_norm = optax.global_norm(grads)
@@ -94,6 +104,8 @@ def make_update_fn(
         params = _tree_where(finite, new_params, params)
         opt_state = _tree_where(finite, new_opt_state, opt_state)
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, **{"update/skipped": 1.0 - finite})
+        if returns_logprobs:  # [K, n/K, T] per micro-batch -> [n, T]
+            return params, opt_state, metrics, jax.tree.map(lambda x: x.reshape(-1, x.shape[-1]), logprobs)
         return params, opt_state, metrics
 
     return update

@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import pytest
 
@@ -104,3 +105,45 @@ def test_the_schedule_spans_every_optimizer_step_of_the_run():
     total = 5 * built.updates_per_step
     assert float(built.schedule(total // 2)) == pytest.approx(config.optim.lr / 2)
     assert float(built.schedule(total)) == 0.0
+
+
+@pytest.mark.parametrize("name,epochs,mini_batch,switch,expected", [
+    ("grpo", 1, 8, True, True),  # one update per step, advantages from rewards: no old-log-prob pass
+    ("dcpo", 1, 8, True, True),
+    ("capo", 1, 8, True, False),  # CAPO's advantages read lpm before the update
+    ("grpo", 2, 8, True, False),  # a second epoch is off-policy
+    ("grpo", 1, 4, True, False),  # two mini-batches: the second update is off-policy
+    ("grpo", 1, 8, False, False),  # train.old_logp_from_update=False keeps the pass
+])
+def test_on_policy_steps_take_the_old_logprobs_from_the_update(name, epochs, mini_batch, switch, expected):
+    config = _config(name)
+    config.train.ppo_epochs, config.train.ppo_mini_batch = epochs, mini_batch
+    config.train.old_logp_from_update = switch
+    mesh = make_mesh(4, 1, jax.devices()[:4])
+    graphdef, _ = mp.abstract_model(SMALL, param_dtype=jnp.float32, compute_dtype=jnp.float32, remat=False,
+                                    mesh=mesh)
+    built = programs.build_step_programs(config, mesh, graphdef, ref_graphdef=graphdef)
+    assert built.old_logp_in_update is expected
+
+
+def test_an_on_policy_step_without_the_pass_trains_and_logs_like_one_with_it(tiny_base, tmp_path):
+    """The same GRPO step from the same checkpoint and seed, with and without the old-log-prob pass: the same
+    parameters afterwards and the same calibration metrics, read from the log-probs the update returned."""
+    results = []
+    for switch in (False, True):
+        config = _config("grpo", tiny_base)
+        config.data.max_prompt_len, config.data.holdout = 128, 4
+        config.train.ppo_epochs, config.train.ppo_mini_batch = 1, 8  # one update per step
+        config.train.old_logp_from_update = switch
+        trainer = loop.Trainer(config, str(tmp_path / f"run{switch}"))
+        assert trainer.programs.old_logp_in_update is switch
+        metrics = trainer.train_step().metrics
+        results.append((jax.tree.map(jnp.copy, trainer.params), metrics))
+        trainer.close()
+    (params_pass, with_pass), (params_fused, fused) = results
+    assert "timing/old_logp" in with_pass and "timing/old_logp" not in fused
+    for key in ("accuracy", "auc_mean", "auroc", "ece", "brier", "lpm/correct", "lpm/wrong", "entropy",
+                "sampler/logp_gap_mean", "loss", "grad_norm"):
+        assert fused[key] == pytest.approx(with_pass[key], abs=1e-4, nan_ok=True), key
+    assert fused["clip_frac"] == 0.0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_fused, params_pass)

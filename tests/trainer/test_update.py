@@ -118,3 +118,37 @@ def test_update_without_entropy_skips_it_and_changes_nothing_else(model):
     chex.assert_trees_all_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
     assert "entropy" in results[0][2] and "entropy" not in results[1][2]
     np.testing.assert_allclose(results[0][2]["loss"], results[1][2]["loss"], atol=1e-6)
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_on_policy_update_takes_the_old_logprobs_from_its_forward(model, micro):
+    """Without "old_logp" the update uses its own forward's log-probs, detached (ratio 1): the same step as with
+    old log-probs from a separate pass at the same parameters, and it returns those log-probs, rows in order."""
+    graphdef, params = nnx.split(model)
+    sgd = optax.sgd(1.0)  # Adam's first step is sign-like: it would amplify 1e-7 differences
+    objective = get_algorithm("grpo").objective()
+    batch = _minibatch(seed=2)
+    P = batch["input_ids"].shape[1] - batch["response_mask"].shape[1]
+    old_logp, entropy = make_logprob_fn(graphdef, temperature=0.8)(
+        params, batch["input_ids"], batch["attention_mask"], batch["positions"], prompt_len=P)
+    with_pass = make_update_fn(graphdef, sgd, objective, temperature=0.8, micro_batches=micro, with_entropy=False)
+    fused = make_update_fn(graphdef, sgd, objective, temperature=0.8, micro_batches=micro, returns_logprobs=True)
+    p = jax.tree.map(jnp.copy, params)
+    expected_params, _, expected = with_pass(p, sgd.init(p), dict(batch, old_logp=old_logp))
+    without_old = {k: v for k, v in batch.items() if k != "old_logp"}
+    p = jax.tree.map(jnp.copy, params)
+    new_params, _, metrics, (logp, ent) = fused(p, sgd.init(p), without_old)
+    chex.assert_trees_all_close(new_params, expected_params, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], expected["loss"], atol=1e-6)
+    np.testing.assert_allclose(logp, old_logp, atol=1e-5)
+    np.testing.assert_allclose(ent, entropy, atol=1e-5)
+    assert float(metrics["clip_frac"]) == 0.0  # ratio exactly 1: nothing clipped
+
+
+def test_estimators_that_read_the_policy_logprobs_are_known():
+    from capojax.objectives import estimator_reads_policy_logprobs
+
+    assert [name for name in ("grpo", "capo", "pairwise", "dcpo") if estimator_reads_policy_logprobs(name)] == [
+        "capo", "pairwise"]
+    with pytest.raises(ValueError, match="unknown advantage estimator"):
+        estimator_reads_policy_logprobs("nope")
