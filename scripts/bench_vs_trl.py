@@ -111,6 +111,7 @@ def run_capojax(args) -> dict:
     config.rollout.max_new_tokens = args.new
     config.rollout.temperature = 1.0
     config.algo.kl_coef = 0.0
+    config.train.old_logp_from_update = not args.old_logp_pass
     config.data.max_prompt_len = max(128, len(prompts[0]))
     config.log.val_every = 0
     config.checkpoint.every = 10**9
@@ -135,15 +136,16 @@ def run_capojax(args) -> dict:
 
         trainer.iterator = Same()
         n_params = sum(int(x.size) for x in jax.tree.leaves(trainer.params))
-        steps = []
+        steps, peaks = [], []
         for i in range(args.steps + 1):
             m = trainer.train_step().metrics
             if i:
                 steps.append({"step": m["timing/step"], "rollout": m["timing/rollout"], "update": m["timing/update"],
-                              "tokens": m["tokens"]})
+                              "old_logp": m.get("timing/old_logp", 0.0), "tokens": m["tokens"]})
+            peaks.append(matmul_peak(reps=10))  # between steps: the update and its peak see the same machine
         trainer.checkpointer.close()
         trainer.close()
-    return {"side": "capojax", "params": n_params, "steps": steps}
+    return {"side": "capojax", "params": n_params, "steps": steps, "peak_gflops": statistics.median(peaks)}
 
 
 def run_trl(args) -> dict:
@@ -224,7 +226,7 @@ def run_worker(side: str, args, ckpt: pathlib.Path, prompts) -> dict:
     python = sys.executable if side == "capojax" else str(TRL_PYTHON)
     cmd = [python, str(pathlib.Path(__file__).resolve()), "--worker", side, "--ckpt", str(ckpt),
            "--prompt-ids", json.dumps(prompts), "--steps", str(args.steps), "--n", str(args.n), "--new", str(args.new),
-           "--micro-batch", str(args.micro_batch)]
+           "--micro-batch", str(args.micro_batch)] + (["--old-logp-pass"] if args.old_logp_pass else [])
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
     env.setdefault("JAX_PLATFORMS", "cpu")
     if side == "trl" and args.trl_threads:
@@ -262,6 +264,8 @@ def main(argv=None) -> int:
     ap.add_argument("--micro-batch", type=int, default=0, help="capojax train.micro_batch (0 = the whole batch)")
     ap.add_argument("--trl-threads", type=int, default=0,
                     help="OMP_NUM_THREADS of the TRL runs (0 = torch's default); see the module docstring")
+    ap.add_argument("--old-logp-pass", action="store_true",
+                    help="capojax runs the old-log-prob pass even on on-policy steps (TRL never does)")
     ap.add_argument("--worker", choices=("capojax", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
@@ -294,7 +298,9 @@ def main(argv=None) -> int:
           f"{args.prompt_tokens} prompt + {args.new} new tokens, fp32, no reference, one update per step; "
           f"Qwen2 hidden {HIDDEN}, {LAYERS} layers, tied. Runs alternate A B A B; each is the median of "
           f"{args.steps} steps after a warm-up; TRL with OMP_NUM_THREADS={args.trl_threads or 'default'}. "
-          f"f32 matmul peak (jax, this run): {peak:.1f} GFLOP/s.\n")
+          f"f32 matmul peak (jax, this run): {peak:.1f} GFLOP/s before/after, median "
+          f"{statistics.median(a.get('peak_gflops', peak) for pairs in results.values() for a, _ in pairs):.1f} "
+          f"between capojax's steps (the MFU's reference).\n")
     print("| vocab | run | side | s/step | rollout s | update s | update MFU | TRL / capojax |")
     print("|---|---|---|---|---|---|---|---|")
     for vocab, pairs in results.items():
@@ -306,7 +312,9 @@ def main(argv=None) -> int:
                 step = statistics.median(med(r, "step") for r in runs)
                 rollout = statistics.median(med(r, "rollout") for r in runs)
                 update = statistics.median(med(r, "update") for r in runs)
-                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / peak
+                # each capojax run measured its peak between its steps; TRL's update is set against the same
+                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / statistics.median(
+                    p[0].get("peak_gflops", peak) for p in picks)
                 print(f"| {vocab} | {label} | {'capojax' if side == 0 else 'TRL'} | {step:.2f} | {rollout:.2f} | "
                       f"{update:.2f} | {mfu:.0%} | {f'{ratio:.2f}x' if side == 1 else ''} |")
     return 0

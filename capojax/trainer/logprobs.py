@@ -59,13 +59,18 @@ def completion_logprobs(
 def _head_logprobs(model, hidden, targets, temperature: float, with_entropy: bool):
     """hidden [N, T, H], targets i32[N, T] -> (logp f32[N, T], entropy f32[N, T] or None) through the LM head."""
     logits = model.logits(hidden).astype(jnp.float32) / temperature
-    log_z = jax.nn.logsumexp(logits, axis=-1)
+    # logsumexp written out so that the entropy reuses its exponentials: with jax.nn.softmax on top, XLA makes a
+    # second exp pass over [N, T, V] (at a 152k vocabulary a third of the update's time); this way both sums come
+    # from one pass.
+    top = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    unnormalised = jnp.exp(logits - top)
+    total = unnormalised.sum(axis=-1)
+    log_z = jnp.log(total) + top[..., 0]
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = target_logits - log_z
     if not with_entropy:
         return logp, None
-    probs = jax.nn.softmax(logits, axis=-1)
-    entropy = log_z - jnp.sum(probs * logits, axis=-1)
+    entropy = log_z - (unnormalised * logits).sum(axis=-1) / total  # log Z - E_p[logits]
     return logp, entropy
 
 
