@@ -5,7 +5,7 @@ in the same run.
 
 The default shape, 2 prompts x 8 samples x 64 new tokens, is the one scripts/bench_vs_trl.py runs side by side
 with TRL's GRPOTrainer (same checkpoint and prompt ids, alternating runs). Model FLOPs count 2 x params per token for
-every forward token (sampling, old log-probs, reference) and 6 x params per trained token (forward + backward);
+every forward token (sampling, old log-probs unless the step is on-policy, reference) and 6 x params per trained token (forward + backward);
 attention FLOPs are left out, as is usual for MFU.
 """
 
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     new_tokens = med("tokens")
     rows_n = args.prompts * args.n
     # forward tokens per pass: prompt + completion for every row (bucketed shapes are what actually runs)
-    forward_passes = 2 + (1 if trainer.needs_reference else 0)  # sampling + old log-probs (+ reference)
+    # sampling, old log-probs (none on an on-policy step: the update's forward gives them), reference
+    forward_passes = 1 + (0 if trainer.programs.old_logp_in_update else 1) + (1 if trainer.needs_reference else 0)
     flops = 2 * n_params * new_tokens * forward_passes + 6 * n_params * new_tokens
     achieved = flops / step_s / 1e9
     peak_mid = statistics.median([peak, peak_after])

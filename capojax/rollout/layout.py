@@ -1,6 +1,6 @@
 """Where the trainer and a launched vLLM server live on one GPU node, and whether both fit: `rollout.vllm_devices`.
 
-Two layouts (`rollout.engine="vllm"`, `rollout.vllm_launch=True`, N GPUs on the node):
+Two layouts (`rollout.engine="vllm"`, a server on this node, N GPUs on the node):
 
     vllm_devices = k > 0  dedicated   the server gets the last k GPUs (CUDA_VISIBLE_DEVICES, tensor_parallel_size=k)
                                       and `vllm_gpu_memory_utilization` of each (0 = 0.9); the trainer's mesh spans
@@ -18,6 +18,10 @@ Without this, JAX pre-allocates 75 % of every GPU it sees and a server asking fo
 `LayoutError` saying what to change; `plan_server` checks that the server's weights and at least one full-length
 sequence of KV cache fit its share (vLLM refuses to start otherwise) and how many of the step's rows it can hold.
 The dry-run plan (`capojax.memory_plan`) prints both sides; the launcher refuses a layout that cannot fit.
+
+A server started by hand on this node (`scripts/serve_vllm.py --config CONFIG`, loopback `rollout.vllm_url`)
+follows the same layout from the same config, and the trainer restricts itself the same way; sleep mode needs a
+server the trainer launched (it alone knows when the server may sleep).
 
 Co-location with sleep mode is for GPU nodes only and untested here (this project's CI has no GPU); see
 docs/gpu.md for the checklist. On a machine without GPUs (CPU vLLM builds) no layout is applied.
@@ -222,10 +226,29 @@ def refuse_if_not_fitting(plan: ServerPlan, layout: NodeLayout) -> None:
         f"rollout.vllm_max_model_len")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def server_on_this_node(url: str) -> bool:
+    """Whether `rollout.vllm_url` names a server on this machine (a loopback address)."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return host in LOOPBACK_HOSTS
+
+
 def layout_requested(config) -> bool:
-    """A node layout applies to a launched vLLM server only."""
+    """A node layout applies to a vLLM server on this node: one the trainer launches (`rollout.vllm_launch`), or
+    one started beside it on a loopback `rollout.vllm_url` (scripts/serve_vllm.py --config, same config), whose
+    GPUs the trainer must then leave alone just the same."""
     r = config.rollout
-    return str(_get(r, "engine", "jax")) == "vllm" and bool(_get(r, "vllm_launch", False))
+    if str(_get(r, "engine", "jax")) != "vllm":
+        return False
+    url = str(_get(r, "vllm_url", ""))
+    return bool(_get(r, "vllm_launch", False)) or not url or server_on_this_node(url)  # no URL: it launches one
 
 
 def node_gpus(environ=None) -> tuple[str, ...]:

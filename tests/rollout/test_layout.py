@@ -214,3 +214,66 @@ def test_launcher_refuses_a_server_that_cannot_fit(checkpoint_7b):
     layout = L.node_layout(config, 8)
     with pytest.raises(L.LayoutError, match=r"share 12.0 GB per GPU, weights 15.2 GB"):
         launch_config(config, checkpoint_7b, layout)
+
+
+# ------------------------------------------------------------------------------------------- a server started by hand
+
+
+def _serve_vllm():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_vllm", REPO / "scripts" / "serve_vllm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_loopback_server_gets_the_layout_a_launched_one_would():
+    external = vllm_config(2, vllm_launch=False)
+    assert L.layout_requested(external)  # default rollout.vllm_url is 127.0.0.1: the server is on this node
+    assert L.trainer_devices(external, jax.devices()) == jax.devices()[:6]
+    for url, on_node in [("http://localhost:8000", True), ("http://[::1]:8000", True), ("http://10.0.0.5:8000", False),
+                         ("", True)]:  # no URL: the trainer launches one
+        external.rollout.vllm_url = url
+        assert L.layout_requested(external) is on_node, url
+    external.rollout.engine = "jax"
+    assert not L.layout_requested(external)
+
+
+def test_serve_vllm_with_a_config_starts_the_server_the_trainer_would_launch(checkpoint_7b):
+    serve = _serve_vllm()
+    config_file = str(REPO / "configs" / "capo_7b.py")
+    args, extra = serve.parse_args(["--model", checkpoint_7b, "--config", config_file, "--port", "8011",
+                                    "--set", "rollout.engine=vllm", "--set", "rollout.vllm_devices=2",
+                                    "--set", "rollout.vllm_dtype=bfloat16", "--set", "mesh.tp=2", "--set", "mesh.fsdp=-1",
+                                    "--", "--max-num-seqs", "64"])
+    node = {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+    server, layout = serve.server_config(args, extra, environ=node)
+    expected = launch_config(vllm_config(2), checkpoint_7b, L.node_layout(vllm_config(2), 8))
+    assert layout.server_gpus == ("6", "7") and layout.trainer_environment() == {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5"}
+    assert dict(server.env) == {"CUDA_VISIBLE_DEVICES": "6,7"} and server.tensor_parallel_size == 2
+    assert server.gpu_memory_utilization == expected.gpu_memory_utilization and server.dtype == "bfloat16"
+    assert server.max_model_len == expected.max_model_len and server.port == 8011
+    assert server.extra_args == ("--max-num-seqs", "64")
+    # co-located: the server's share, never sleep mode (only a launched server is put to sleep)
+    args, extra = serve.parse_args(["--model", checkpoint_7b, "--config", config_file, "--set", "rollout.engine=vllm",
+                                    "--set", "rollout.vllm_dtype=bfloat16"])
+    server, layout = serve.server_config(args, extra, environ=node)
+    assert layout.colocated and layout.sleep and "--enable-sleep-mode" not in server.extra_args
+    assert server.gpu_memory_utilization == pytest.approx(0.9 - 0.55)
+    # no GPUs: the config's settings, no layout
+    server, layout = serve.server_config(args, extra, environ={"CUDA_VISIBLE_DEVICES": ""})
+    assert layout is None and server.env == () and server.dtype == "bfloat16"
+
+
+def test_serve_vllm_refuses_bad_overrides_and_impossible_layouts(checkpoint_7b, capsys):
+    serve = _serve_vllm()
+    config_file = str(REPO / "configs" / "capo_7b.py")
+    assert serve.main(["--model", checkpoint_7b, "--config", config_file, "--set", "rollout.nope=1"]) == 2
+    assert "--set rollout.nope: the config has no such key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model", checkpoint_7b, "--set", "rollout.vllm_devices=2"])  # --set needs --config
+    args, extra = serve.parse_args(["--model", checkpoint_7b, "--config", config_file, "--set", "rollout.engine=vllm",
+                                    "--set", "rollout.vllm_devices=8"])
+    with pytest.raises(L.LayoutError, match="leaves 0 of the node's 8 GPUs"):
+        serve.server_config(args, extra, environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
