@@ -156,9 +156,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.ppo_mini_batch = 64  # prompts per optimizer update (so prompts_per_step / ppo_mini_batch updates per epoch)
     t.ppo_epochs = 1  # passes over each rollout batch
     t.micro_batch = 0  # rows per forward/backward chunk in the log-prob and update passes (0 = whole mini-batch)
-    # On-policy steps (one update per step; advantages that do not read the actor's log-probs, i.e. not CAPO) take
-    # the old log-probs from the update's forward instead of a separate pass, as TRL does (False: always the pass)
-    t.old_logp_from_update = True
+    t.old_logp_from_update = True  # on-policy steps (1 update/step, not CAPO) take old log-probs from the update's forward
     t.seed = 0  # seed of init, sampling and everything else random in the loop
     t.max_bad_steps = 3  # abort after this many non-finite updates in a row (each one is skipped and logged)
 

@@ -25,7 +25,7 @@ from flax import nnx
 from capojax.models import QwenConfig, init_model, save_pretrained
 from capojax.rollout import SamplingParams
 from capojax.rollout.vllm_engine import VLLMRolloutEngine, VLLMServerError
-from capojax.rollout.vllm_server import ServerConfig, default_python, launch_vllm_server
+from capojax.rollout.vllm_server import default_python, launch_vllm_server
 from capojax.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.vllm
@@ -66,6 +66,18 @@ def vllm_python():
     return python
 
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _serve_vllm_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_vllm", REPO / "scripts" / "serve_vllm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, qwen_tokenizer_dir, vllm_python):
     tmp = tmp_path_factory.mktemp("vllm")
@@ -74,10 +86,16 @@ def setup(tmp_path_factory, qwen_tokenizer_dir, vllm_python):
     save_pretrained(model, CONFIG, ckpt, tokenizer_path=qwen_tokenizer_dir)
     tokenizer = load_tokenizer(ckpt)
     t0 = time.perf_counter()
-    server = launch_vllm_server(
-        ServerConfig(model=str(ckpt), python=vllm_python, max_model_len=512, cpu_kvcache_gb=1, max_num_seqs=64,
-                     log_path=str(tmp / "server.log")),
-        startup_timeout=1500)
+    # Configured as `scripts/serve_vllm.py --config` configures it: what the trainer's config would launch.
+    serve = _serve_vllm_script()
+    args, extra = serve.parse_args([
+        "--model", str(ckpt), "--python", vllm_python, "--log", str(tmp / "server.log"),
+        "--config", str(REPO / "configs" / "tiny_grpo.py"), "--set", "rollout.engine=vllm",
+        "--set", "rollout.vllm_max_model_len=512", "--set", "rollout.vllm_cpu_kvcache_gb=1", "--",
+        "--max-num-seqs", "64"])
+    config, layout = serve.server_config(args, extra)
+    assert layout is None and config.dtype == "float32" and config.max_model_len == 512  # no GPUs here
+    server = launch_vllm_server(config, startup_timeout=1500)
     print(f"vLLM server up in {time.perf_counter() - t0:.0f} s at {server.url}; log {server.log_path}")
     engine = VLLMRolloutEngine(server.url, pad_id=ENDOFTEXT, server=server, template=model,
                                logp_gap_tolerance=TOL, request_timeout=300, sync_dtype=None)
