@@ -347,7 +347,7 @@ class Trainer:
                 collected.append(m)
                 if self.programs.old_logp_in_update:  # one update covering every row: undo its shuffle
                     inverse = jnp.asarray(np.argsort(order))
-                    before_update = jax.tree.map(lambda x: None if x is None else x[inverse], out[3])
+                    before_update = jax.tree.map(lambda x: x[inverse], out[3])  # (logp, entropy)
         return self._update_metrics([jax.tree.map(to_host, m) for m in collected], clock.step), before_update
 
     def _update_metrics(self, collected: list[dict[str, Any]], step: int) -> dict[str, float]:
