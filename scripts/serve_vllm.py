@@ -66,7 +66,17 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.set and not args.config:
         p.error("--set needs --config")
+    if args.config:  # the config sets these; a flag beside it would be silently ignored
+        given = [f"--{name.replace('_', '-')}" for name in CONFIG_SETS if getattr(args, name) != p.get_default(name)]
+        if given:
+            p.error(f"{', '.join(given)} with --config: the config sets the server; use --set rollout.vllm_... "
+                    f"(or -- FLAG for vLLM itself)")
     return args, tuple(extra)
+
+
+# Server flags that --config replaces (by rollout.vllm_dtype, vllm_max_model_len, ..., train.seed).
+CONFIG_SETS = ("dtype", "max_model_len", "max_num_seqs", "gpu_memory_utilization", "cpu_kvcache_gb",
+               "tensor_parallel_size", "enforce_eager", "prefix_caching", "seed")
 
 
 def load_config(path: str, overrides: list[str]):
@@ -87,13 +97,30 @@ def load_config(path: str, overrides: list[str]):
             value = raw
         *parents, leaf = key.split(".")
         node = config
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise ConfigError(f"--set {key}: the config has no such key")
-        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (bool, int, float)) and not isinstance(
-            value, type(node[leaf])) else value
+        try:
+            for name in parents:
+                node = node[name]
+            current = node[leaf]
+        except (KeyError, AttributeError, TypeError):
+            raise ConfigError(f"--set {key}: the config has no such key") from None
+        node[leaf] = _typed(key, current, value)
     return config
+
+
+def _typed(key: str, current, value):
+    """`value` in the type of the config's `current` value (a bool only from True/False/true/false/1/0)."""
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if value in (True, False, 0, 1):
+            return bool(value)
+        raise ConfigError(f"--set {key}={value!r}: expected true or false")
+    if isinstance(current, (int, float)) and not isinstance(value, type(current)):
+        try:
+            return type(current)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--set {key}={value!r}: expected a {type(current).__name__}") from None
+    return value
 
 
 def server_config(args, extra, environ=None) -> tuple[ServerConfig, object]:

@@ -11,6 +11,7 @@ import sys
 import jax
 import pytest
 
+from capojax.errors import ConfigError
 from capojax.models import PRESETS, QwenConfig
 from capojax.rollout import layout as L
 from capojax.rollout.vllm_engine import launch_config
@@ -277,3 +278,19 @@ def test_serve_vllm_refuses_bad_overrides_and_impossible_layouts(checkpoint_7b, 
                                     "--set", "rollout.vllm_devices=8"])
     with pytest.raises(L.LayoutError, match="leaves 0 of the node's 8 GPUs"):
         serve.server_config(args, extra, environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+
+
+def test_serve_vllm_set_parses_values_in_the_config_types(tmp_path):
+    serve = _serve_vllm()
+    config_file = str(REPO / "configs" / "capo_7b.py")
+    config = serve.load_config(config_file, ["rollout.vllm_sleep=false", "rollout.vllm_devices=2",
+                                             "rollout.trainer_memory_fraction=0.5", "rollout.vllm_dtype=bfloat16"])
+    assert config.rollout.vllm_sleep is False and config.rollout.vllm_devices == 2
+    assert config.rollout.trainer_memory_fraction == 0.5 and config.rollout.vllm_dtype == "bfloat16"
+    for bad, match in [("rollout.vllm_sleep=maybe", "expected true or false"),
+                       ("rollout.vllm_devices=two", "expected a int"),
+                       ("nope.vllm_devices=2", "no such key"), ("rollout.vllm_devices", "expected KEY=VALUE")]:
+        with pytest.raises(ConfigError, match=match):
+            serve.load_config(config_file, [bad])
+    with pytest.raises(SystemExit):  # a server flag beside --config would be ignored: refused instead
+        serve.parse_args(["--model", str(tmp_path), "--config", config_file, "--dtype", "bfloat16"])
