@@ -141,7 +141,7 @@ def run_capojax(args) -> dict:
             m = trainer.train_step().metrics
             if i:
                 steps.append({"step": m["timing/step"], "rollout": m["timing/rollout"], "update": m["timing/update"],
-                              "old_logp": m.get("timing/old_logp", 0.0), "tokens": m["tokens"]})
+                              "tokens": m["tokens"]})
             peaks.append(matmul_peak(reps=10))  # between steps: the update and its peak see the same machine
         trainer.checkpointer.close()
         trainer.close()

@@ -226,7 +226,7 @@ def refuse_if_not_fitting(plan: ServerPlan, layout: NodeLayout) -> None:
         f"rollout.vllm_max_model_len")
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # as urlsplit's .hostname gives them (no IPv6 brackets)
 
 
 def server_on_this_node(url: str) -> bool:

@@ -263,8 +263,8 @@ class Trainer:
         rows["advantages"] = self._advantage(clock, inputs)
         update_metrics, before_update = self._update(clock, rows)
         if before_update is not None:  # on-policy step: the update's forward gave the old log-probs
-            (rows["old_logp"], entropy), mask3 = before_update, inputs.response_mask
-            inputs = inputs.replace(lpm=objectives.lpm(rows["old_logp"].reshape(shape), mask3))
+            rows["old_logp"], entropy = before_update
+            inputs = inputs.replace(lpm=objectives.lpm(rows["old_logp"].reshape(shape), inputs.response_mask))
         sync_metrics = self._sync(clock)
         clock.timings["timing/step"] = time.perf_counter() - clock.start
         metrics = self._step_metrics(shape, rollout, seq, scores, inputs, rows, entropy, clock.timings)
