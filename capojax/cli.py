@@ -13,6 +13,9 @@ What it adds to absl's `app.run`:
   keys); a value that does not parse for its field becomes one line too.
 - `StoppedBySignal` (a run stopped by SIGTERM/SIGINT after saving) prints its message and exits with
   `STOPPED_EXIT_CODE`, so a scheduler can tell "rerun me" from a failure.
+- `run` first applies `capojax.host_memory.configure_host` (synchronous CPU dispatch, so that the trainer can keep
+  its update's temporaries in resident pages), before JAX starts its backend. An argparse command that runs JAX
+  calls it itself (`capojax.evaluate`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, Callable, NoReturn, Sequence
 from absl import app, flags
 
 from capojax import errors
+from capojax.host_memory import configure_host
 
 VERBOSE_FLAG = "--verbose"
 DEBUG_ENV = "CAPOJAX_DEBUG"
@@ -151,6 +155,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], int | None]) -> NoReturn:
     """`absl.app.run(main)` with one-line user errors (see module docstring)."""
+    configure_host()
     if VERBOSE_FLAG.lstrip("-") not in flags.FLAGS:
         flags.DEFINE_bool(VERBOSE_FLAG.lstrip("-"), False, f"show tracebacks of user errors (or set {DEBUG_ENV}=1)")
     try:

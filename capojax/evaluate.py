@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from capojax import cli, eval_pipeline
+from capojax.host_memory import configure_host
 
 logger = logging.getLogger("capojax.evaluate")
 
@@ -585,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocol_fields = _resolve_protocol(parser, args)
     benchmarks = _check_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_host()  # before JAX starts its backend (capojax.host_memory)
 
     import jax.numpy as jnp
 

@@ -14,20 +14,15 @@ and prints the median update time, minor page faults per update and the update M
 against the f32 matmul peak measured between rounds). Shapes: bench_vs_trl's (2 prompts x 8 samples x 32 prompt + 64
 new tokens, one mini-batch, no reference). Linux + glibc only.
 
-Why capojax does not ship a fix yet (each measured in the RL step, `bench_vs_trl.py`'s capojax worker, alternating
-runs; the variants that change the process's settings cannot alternate inside one process):
-- one arena for every thread, as here: the rollout's allocations contend for its lock, rollout 0.16 -> 0.24-0.29 s
-  (perf: twice the time in _int_malloc, context switches on the lock), more than the update saves;
-- synchronous CPU dispatch (`jax_cpu_enable_async_dispatch=False`: a call then allocates on the Python thread, from
-  the main heap, so no arena limit is needed) + `keep` for the whole process: update 0.31 -> 0.26 s but rollout
-  0.14 -> 0.17 s, step 0.46 -> 0.45 s (medians of 4 pairs);
-- the same with no mmap only around the update (trim off for the process): step 0.50 -> 0.45 s and 0.49 -> 0.43 s in
-  two sets of 3 pairs (5 of the 6 pairs faster), update 0.33 -> 0.26 s. The most promising, not shipped: whether the
-  freed block is reused depends on the heap's layout between calls. A probe with a 128 MB temporary refaulted at every
-  call in 1 of 8 processes and once in another (small allocations between calls take part of the freed block, the next
-  call then grows the heap), and the RL step of the first pair above was no faster. It needs a reuse that does not
-  depend on luck (e.g. an allocator that XLA:CPU's client takes, which jaxlib does not expose) before it is a product
-  setting;
+This script isolates the cost with one arena for every thread, which capojax does not use: in the RL step it makes
+the rollout's allocations contend for the arena's lock (rollout 0.16 -> 0.24-0.29 s; perf: twice the time in
+_int_malloc, context switches on the lock). What capojax ships is `capojax.host_memory` (its docstring has the
+reasons and measurements): synchronous CPU dispatch, so that the update allocates on the Python thread, from the
+main heap; no mmap only during the update; and a block of the update's temporary size held between updates, so that
+the rollout cannot nibble at it. Variants measured on the way (`bench_vs_trl.py`'s capojax worker, alternating runs):
+- synchronous dispatch + no mmap for the whole process: update 0.31 -> 0.26 s but rollout 0.14 -> 0.17 s;
+- no mmap only around the update, no held block: faster steps in 5 of 6 pairs, but a probe with a 128 MB temporary
+  refaulted at every call in 1 process of 8 (small allocations between calls take part of the freed block);
 - transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` at process start): 3x fewer faults; the update
   gained 0.04 s in one set of three pairs and nothing in another, with single updates of 0.5-0.6 s in between.
 """
