@@ -115,13 +115,15 @@ class ResidentTemporaries:
         self._libc.mallopt(_M_MMAP_MAX, 0)
         try:
             self.release()  # to the heap's free blocks, where fn's temporaries find it
-            return fn(*args)  # synchronous dispatch: the temporaries were allocated and freed in here
-        finally:
+            out = fn(*args)  # synchronous dispatch: the temporaries were allocated and freed in here
             if key not in self._sizes:  # a cache hit once fn has run with these shapes
-                self._sizes[key] = int(fn.lower(*abstract).compile().memory_analysis().temp_size_in_bytes)
+                analysis = fn.lower(*abstract).compile().memory_analysis()
+                self._sizes[key] = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
             size = max(self._sizes.values())
             if size >= _WORTH_HOLDING:
                 self._held = self._libc.malloc(size) or None  # mmap is still off: the block fn just freed
+            return out
+        finally:
             self._libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
 
     def release(self) -> None:
