@@ -109,14 +109,15 @@ class ResidentTemporaries:
             return fn(*args)
         import jax
 
-        # Shapes before the call: fn may donate (delete) its arguments.
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
-        key = str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), abstract))
+        key = str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), args))
+        # New shapes: their abstract values before the call, which may donate (delete) the arguments.
+        abstract = None if key in self._sizes else jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
         self._libc.mallopt(_M_MMAP_MAX, 0)
         try:
             self.release()  # to the heap's free blocks, where fn's temporaries find it
             out = fn(*args)  # synchronous dispatch: the temporaries were allocated and freed in here
-            if key not in self._sizes:  # a cache hit once fn has run with these shapes
+            if abstract is not None:  # lowering and compiling hit the caches fn just filled
                 analysis = fn.lower(*abstract).compile().memory_analysis()
                 self._sizes[key] = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
             size = max(self._sizes.values())

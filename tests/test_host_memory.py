@@ -76,3 +76,42 @@ def test_inactive_without_configure_host(monkeypatch):
     resident = host_memory.ResidentTemporaries()
     assert not resident._active()  # this process never asked for the settings: glibc's are left alone
     assert resident.call(lambda a, b: a + b, 2, 3) == 5
+
+
+def test_the_trainer_runs_its_update_through_the_resident_temporaries(tiny_base, tmp_path, monkeypatch):
+    """Trainer._update calls the update program through `ResidentTemporaries.call`, which (active here) reads the
+    program's temporary size once per shape. In this multi-device test process the update is a parallel computation
+    that JAX still dispatches asynchronously, so only the wiring is checked; the page faults are the probe's."""
+    import pathlib
+
+    from capojax.trainer import loop
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from configs import tiny_grpo
+
+    libc = host_memory._libc()
+    if libc is None:
+        pytest.skip("glibc's allocator settings")
+    calls = []
+    real_call = host_memory.ResidentTemporaries.call
+
+    def spy(self, fn, *args):
+        calls.append(fn)
+        return real_call(self, fn, *args)
+
+    monkeypatch.setattr(host_memory, "_configured", True)
+    monkeypatch.setattr(host_memory.ResidentTemporaries, "call", spy)
+    config = tiny_grpo.get_config()
+    config.model.path = str(tiny_base)
+    config.data.max_prompt_len, config.rollout.max_new_tokens, config.rollout.n = 64, 8, 4  # 8 rows per update
+    config.train.prompts_per_step, config.train.ppo_mini_batch, config.train.ppo_epochs = 4, 2, 1
+    config.log.val_every = 0
+    try:
+        trainer = loop.Trainer(config, str(tmp_path / "run"))
+        trainer.train_step()
+        assert calls == [trainer.programs.update] * 2  # two mini-batches of 2 prompts
+        (size,) = trainer._resident_update._sizes.values()  # one shape: read once
+        assert size > 0
+        trainer.close()
+    finally:
+        libc.mallopt(host_memory._M_TRIM_THRESHOLD, 128 * 1024)  # glibc's default back for the rest of the session
