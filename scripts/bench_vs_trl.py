@@ -2,6 +2,7 @@
 
     bash scripts/setup_trl_venv.sh                 # once: .venv-trl (torch 2.13.0, trl, transformers, ...)
     .venv/bin/python scripts/bench_vs_trl.py [--vocabs 1024,151936] [--rounds 2] [--steps 3]
+    .venv/bin/python scripts/bench_vs_trl.py --ab HEAD --vocabs 1024 --rounds 4   # this tree against HEAD's capojax
 
 The checkpoint is built once per vocabulary size by transformers (Qwen2: hidden 256, 4 layers, 4 heads / 2 kv
 heads, tied embeddings, random weights) with a word-level tokenizer ("t10" .. "t{V-1}" and three specials, so prompt ids
@@ -34,6 +35,9 @@ defaults, measures right before and after each capojax run and the one the worke
 machine's speed drifts between minutes and the worker runs with synchronous dispatch, under which a lone 1024^3
 matmul has measured from as fast to ~20 % slower; the higher one never flatters the MFU), and TRL's time over
 capojax's.
+
+`--ab REV` puts capojax at git revision REV (`git archive`, its own worker) in TRL's place: the same alternating
+runs and table, to tell whether a change made the step faster beyond the machine's drift between minutes.
 """
 
 from __future__ import annotations
@@ -157,7 +161,10 @@ def run_capojax(args) -> dict:
             peaks.append(matmul_peak(reps=10))  # between steps; the parent takes the higher of this and its own
         trainer.checkpointer.close()
         trainer.close()
-    return {"side": "capojax", "params": n_params, "steps": steps, "worker_peak_gflops": statistics.median(peaks)}
+    import capojax
+
+    return {"side": "capojax", "params": n_params, "steps": steps, "worker_peak_gflops": statistics.median(peaks),
+            "capojax": str(pathlib.Path(capojax.__file__).resolve().parents[1])}
 
 
 def run_trl(args) -> dict:
@@ -234,9 +241,10 @@ def run_trl(args) -> dict:
 # ------------------------------------------------------------------------------------------- orchestration
 
 
-def run_worker(side: str, args, ckpt: pathlib.Path, prompts) -> dict:
+def run_worker(side: str, args, ckpt: pathlib.Path, prompts, repo: pathlib.Path = REPO) -> dict:
+    """One worker process of `side` on the capojax tree `repo` (this one, or --ab's revision)."""
     python = sys.executable if side == "capojax" else str(TRL_PYTHON)
-    cmd = [python, str(pathlib.Path(__file__).resolve()), "--worker", side, "--ckpt", str(ckpt),
+    cmd = [python, str(repo / "scripts" / "bench_vs_trl.py"), "--worker", side, "--ckpt", str(ckpt),
            "--prompt-ids", json.dumps(prompts), "--steps", str(args.steps), "--n", str(args.n), "--new", str(args.new),
            "--micro-batch", str(args.micro_batch)] + (["--old-logp-pass"] if args.old_logp_pass else [])
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CAPOJAX_KEEP_HOST_MEMORY")}
@@ -246,7 +254,7 @@ def run_worker(side: str, args, ckpt: pathlib.Path, prompts) -> dict:
     if side == "trl" and args.trl_threads:
         env["OMP_NUM_THREADS"] = str(args.trl_threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{side} run failed ({out.returncode}):\n{out.stderr[-4000:]}")
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -260,6 +268,44 @@ def train_flops(params: int, vocab: int, args) -> float:
     rows = args.prompts * args.n
     head = vocab * HIDDEN
     return 6 * (params - head) * rows * (args.prompt_tokens + args.new) + 6 * head * rows * args.new
+
+
+def checkout(rev: str, folder: pathlib.Path) -> pathlib.Path:
+    """The tree of git revision `rev` in `folder` (git archive: no worktree left behind)."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--ab {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    if not (folder / "scripts" / "bench_vs_trl.py").is_file():
+        raise SystemExit(f"--ab {rev}: that revision has no scripts/bench_vs_trl.py worker")
+    return folder
+
+
+def ratio(pairs: list[tuple[dict, dict]], key: str) -> float:
+    """B's median `key` seconds over A's."""
+    return statistics.median(med(b, key) for _, b in pairs) / statistics.median(med(a, key) for a, _ in pairs)
+
+
+def print_ab(results: dict, args, peak: float) -> None:
+    """The --ab table: this tree (A) against the revision (B), every run and the medians."""
+    print(f"\nRL step, capojax (this tree, A) vs capojax @{args.ab} (B): {args.prompts} prompts x {args.n} samples x "
+          f"{args.prompt_tokens} prompt + {args.new} new tokens, fp32, one update per step. Runs alternate A B A B; "
+          f"each is the median of {args.steps} steps after a warm-up; f32 matmul peak {peak:.1f} GFLOP/s before/after "
+          f"all runs; each run's MFU against the higher of its own two peaks (see above).\n")
+    print("| vocab | run | side | s/step | rollout s | update s | update MFU | B / A update | B / A step |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for vocab, pairs in results.items():
+        for label, picks in [(str(i + 1), [p]) for i, p in enumerate(pairs)] + [("median", pairs)]:
+            for side, name in ((0, "A"), (1, f"B @{args.ab}")):
+                runs = [p[side] for p in picks]
+                update = statistics.median(med(r, "update") for r in runs)
+                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / statistics.median(
+                    r["peak_gflops"] for r in runs)
+                ratios = ("", "") if side == 0 else tuple(f"{ratio(picks, key):.3f}" for key in ("update", "step"))
+                print(f"| {vocab} | {label} | {name} | {statistics.median(med(r, 'step') for r in runs):.3f} | "
+                      f"{statistics.median(med(r, 'rollout') for r in runs):.3f} | {update:.3f} | {mfu:.1%} | "
+                      f"{ratios[0]} | {ratios[1]} |")
 
 
 def med(run: dict, key: str) -> float:
@@ -282,6 +328,7 @@ def main(argv=None) -> int:
                     help="capojax runs the old-log-prob pass even on on-policy steps (TRL never does)")
     ap.add_argument("--default-host", action="store_true",
                     help="capojax runs with JAX's and glibc's defaults, not capojax.host_memory's (see above)")
+    ap.add_argument("--ab", metavar="REV", help="capojax at this git revision instead of TRL (see above)")
     ap.add_argument("--worker", choices=("capojax", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
@@ -290,12 +337,14 @@ def main(argv=None) -> int:
         result = run_capojax(args) if args.worker == "capojax" else run_trl(args)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
-    if not TRL_PYTHON.is_file():
+    if not args.ab and not TRL_PYTHON.is_file():
         raise SystemExit(f"{TRL_PYTHON} not found: run `bash scripts/setup_trl_venv.sh` first")
 
+    b_name = f"capojax @{args.ab}" if args.ab else "TRL"
     peak_before = matmul_peak()
     results: dict[int, list[tuple[dict, dict]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        other = checkout(args.ab, pathlib.Path(tmp) / "ab") if args.ab else None
         for vocab in [int(v) for v in args.vocabs.split(",")]:
             ckpt = pathlib.Path(tmp) / f"qwen2-v{vocab}"
             build_checkpoint(ckpt, vocab)
@@ -307,11 +356,22 @@ def main(argv=None) -> int:
                 # The MFU's reference: the higher of this process's peak around the run and the worker's between its
                 # steps, so that neither measurement's slow moment flatters the MFU.
                 a["peak_gflops"] = max(statistics.median([before, matmul_peak(reps=10)]), a["worker_peak_gflops"])
-                b = run_worker("trl", args, ckpt, prompts)
+                if other:
+                    before = matmul_peak(reps=10)
+                    b = run_worker("capojax", args, ckpt, prompts, repo=other)
+                    b["peak_gflops"] = max(statistics.median([before, matmul_peak(reps=10)]), b["worker_peak_gflops"])
+                    for run, tree in ((a, REPO), (b, other)):  # workers before this option do not say
+                        if run.get("capojax", str(tree.resolve())) != str(tree.resolve()):
+                            raise SystemExit(f"the worker for {tree} imported capojax from {run['capojax']}")
+                else:
+                    b = run_worker("trl", args, ckpt, prompts)
                 results[vocab].append((a, b))
-                print(f"vocab {vocab} round {r + 1}: capojax {med(a, 'step'):.2f} s/step, TRL {med(b, 'step'):.2f} "
-                      f"s/step", file=sys.stderr, flush=True)
+                print(f"vocab {vocab} round {r + 1}: capojax {med(a, 'step'):.2f} s/step, {b_name} "
+                      f"{med(b, 'step'):.2f} s/step", file=sys.stderr, flush=True)
     peak = statistics.median([peak_before, matmul_peak()])
+    if args.ab:
+        print_ab(results, args, peak)
+        return 0
 
     trl_version = results[next(iter(results))][0][1].get("trl", "?")
     print(f"\nRL step, capojax vs TRL {trl_version} GRPOTrainer: {args.prompts} prompts x {args.n} samples x "
@@ -327,8 +387,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for vocab, pairs in results.items():
         for label, picks in [(str(i + 1), [p]) for i, p in enumerate(pairs)] + [("median", pairs)]:
-            ratio = statistics.median(med(b, "step") for _, b in picks) / statistics.median(
-                med(a, "step") for a, _ in picks)
+            trl_over_capojax = ratio(picks, "step")
             for side in (0, 1):
                 runs = [p[side] for p in picks]
                 step = statistics.median(med(r, "step") for r in runs)
@@ -338,7 +397,7 @@ def main(argv=None) -> int:
                 mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / statistics.median(
                     p[0]["peak_gflops"] for p in picks)
                 print(f"| {vocab} | {label} | {'capojax' if side == 0 else 'TRL'} | {step:.2f} | {rollout:.2f} | "
-                      f"{update:.2f} | {mfu:.0%} | {f'{ratio:.2f}x' if side == 1 else ''} |")
+                      f"{update:.2f} | {mfu:.0%} | {f'{trl_over_capojax:.2f}x' if side == 1 else ''} |")
     return 0
 
 
