@@ -261,6 +261,18 @@ def run_worker(side: str, args, ckpt: pathlib.Path, prompts, repo: pathlib.Path 
     return json.loads(line[len("RESULT "):])
 
 
+def run_capojax_worker(args, ckpt: pathlib.Path, prompts, repo: pathlib.Path = REPO) -> dict:
+    """A capojax run of the tree `repo`, with its MFU reference: the higher of this process's peak around the run
+    and the worker's between its steps, so that neither measurement's slow moment flatters the MFU."""
+    before = matmul_peak(reps=10)
+    run = run_worker("capojax", args, ckpt, prompts, repo=repo)
+    run["peak_gflops"] = max(statistics.median([before, matmul_peak(reps=10)]), run["worker_peak_gflops"])
+    imported = run.get("capojax", str(repo.resolve()))  # workers older than --ab do not say
+    if imported != str(repo.resolve()):
+        raise SystemExit(f"the worker of {repo} imported capojax from {imported}")
+    return run
+
+
 def train_flops(params: int, vocab: int, args) -> float:
     """FLOPs of one update (forward + backward = 6 per weight and token): the transformer body over every prompt and
     completion token, the output head (the tied embedding) over the completion tokens only, which is where both
@@ -351,20 +363,8 @@ def main(argv=None) -> int:
             prompts = make_prompts(args.prompts, args.prompt_tokens, vocab)
             results[vocab] = []
             for r in range(args.rounds):
-                before = matmul_peak(reps=10)
-                a = run_worker("capojax", args, ckpt, prompts)
-                # The MFU's reference: the higher of this process's peak around the run and the worker's between its
-                # steps, so that neither measurement's slow moment flatters the MFU.
-                a["peak_gflops"] = max(statistics.median([before, matmul_peak(reps=10)]), a["worker_peak_gflops"])
-                if other:
-                    before = matmul_peak(reps=10)
-                    b = run_worker("capojax", args, ckpt, prompts, repo=other)
-                    b["peak_gflops"] = max(statistics.median([before, matmul_peak(reps=10)]), b["worker_peak_gflops"])
-                    for run, tree in ((a, REPO), (b, other)):  # workers before this option do not say
-                        if run.get("capojax", str(tree.resolve())) != str(tree.resolve()):
-                            raise SystemExit(f"the worker for {tree} imported capojax from {run['capojax']}")
-                else:
-                    b = run_worker("trl", args, ckpt, prompts)
+                a = run_capojax_worker(args, ckpt, prompts)
+                b = run_capojax_worker(args, ckpt, prompts, other) if other else run_worker("trl", args, ckpt, prompts)
                 results[vocab].append((a, b))
                 print(f"vocab {vocab} round {r + 1}: capojax {med(a, 'step'):.2f} s/step, {b_name} "
                       f"{med(b, 'step'):.2f} s/step", file=sys.stderr, flush=True)
