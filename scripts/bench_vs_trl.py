@@ -299,25 +299,23 @@ def ratio(pairs: list[tuple[dict, dict]], key: str) -> float:
     return statistics.median(med(b, key) for _, b in pairs) / statistics.median(med(a, key) for a, _ in pairs)
 
 
-def print_ab(results: dict, args, peak: float) -> None:
-    """The --ab table: this tree (A) against the revision (B), every run and the medians."""
-    print(f"\nRL step, capojax (this tree, A) vs capojax @{args.ab} (B): {args.prompts} prompts x {args.n} samples x "
-          f"{args.prompt_tokens} prompt + {args.new} new tokens, fp32, one update per step. Runs alternate A B A B; "
-          f"each is the median of {args.steps} steps after a warm-up; f32 matmul peak {peak:.1f} GFLOP/s before/after "
-          f"all runs; each run's MFU against the higher of its own two peaks (see above).\n")
-    print("| vocab | run | side | s/step | rollout s | update s | update MFU | B / A update | B / A step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def print_table(results: dict, args, sides: tuple[str, str], columns: list[tuple[str, str]]) -> None:
+    """Every run and the medians of both sides; `columns`: (header, key) of B's median seconds over A's."""
+    print("| vocab | run | side | s/step | rollout s | update s | update MFU | "
+          + " | ".join(header for header, _ in columns) + " |")
+    print("|---" * (7 + len(columns)) + "|")
     for vocab, pairs in results.items():
         for label, picks in [(str(i + 1), [p]) for i, p in enumerate(pairs)] + [("median", pairs)]:
-            for side, name in ((0, "A"), (1, f"B @{args.ab}")):
+            for side in (0, 1):
                 runs = [p[side] for p in picks]
                 update = statistics.median(med(r, "update") for r in runs)
-                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / statistics.median(
-                    r["peak_gflops"] for r in runs)
-                ratios = ("", "") if side == 0 else tuple(f"{ratio(picks, key):.3f}" for key in ("update", "step"))
-                print(f"| {vocab} | {label} | {name} | {statistics.median(med(r, 'step') for r in runs):.3f} | "
+                # a capojax run's own reference peak (run_capojax_worker); TRL's update against its pair's capojax one
+                peak = statistics.median(p[side].get("peak_gflops", p[0]["peak_gflops"]) for p in picks)
+                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / peak
+                ratios = [f"{ratio(picks, key):.2f}x" if side else "" for _, key in columns]
+                print(f"| {vocab} | {label} | {sides[side]} | {statistics.median(med(r, 'step') for r in runs):.3f} | "
                       f"{statistics.median(med(r, 'rollout') for r in runs):.3f} | {update:.3f} | {mfu:.1%} | "
-                      f"{ratios[0]} | {ratios[1]} |")
+                      + " | ".join(ratios) + " |")
 
 
 def med(run: dict, key: str) -> float:
@@ -370,7 +368,11 @@ def main(argv=None) -> int:
                       f"{med(b, 'step'):.2f} s/step", file=sys.stderr, flush=True)
     peak = statistics.median([peak_before, matmul_peak()])
     if args.ab:
-        print_ab(results, args, peak)
+        print(f"\nRL step, capojax (this tree, A) vs capojax @{args.ab} (B): {args.prompts} prompts x {args.n} samples "
+              f"x {args.prompt_tokens} prompt + {args.new} new tokens, fp32, one update per step. Runs alternate A B A "
+              f"B; each is the median of {args.steps} steps after a warm-up; f32 matmul peak {peak:.1f} GFLOP/s "
+              f"before/after all runs; each run's MFU against the higher of its own two peaks (see above).\n")
+        print_table(results, args, ("A", f"B @{args.ab}"), [("B / A update", "update"), ("B / A step", "step")])
         return 0
 
     trl_version = results[next(iter(results))][0][1].get("trl", "?")
@@ -383,21 +385,7 @@ def main(argv=None) -> int:
           f"(the MFU's reference) and "
           f"{statistics.median(a['worker_peak_gflops'] for pairs in results.values() for a, _ in pairs):.1f} "
           f"inside the capojax workers between steps; each run's MFU is set against the higher of its two.\n")
-    print("| vocab | run | side | s/step | rollout s | update s | update MFU | TRL / capojax |")
-    print("|---|---|---|---|---|---|---|---|")
-    for vocab, pairs in results.items():
-        for label, picks in [(str(i + 1), [p]) for i, p in enumerate(pairs)] + [("median", pairs)]:
-            trl_over_capojax = ratio(picks, "step")
-            for side in (0, 1):
-                runs = [p[side] for p in picks]
-                step = statistics.median(med(r, "step") for r in runs)
-                rollout = statistics.median(med(r, "rollout") for r in runs)
-                update = statistics.median(med(r, "update") for r in runs)
-                # each capojax run's reference peak (see above); TRL's update is set against the same
-                mfu = train_flops(runs[0]["params"], vocab, args) / update / 1e9 / statistics.median(
-                    p[0]["peak_gflops"] for p in picks)
-                print(f"| {vocab} | {label} | {'capojax' if side == 0 else 'TRL'} | {step:.2f} | {rollout:.2f} | "
-                      f"{update:.2f} | {mfu:.0%} | {f'{trl_over_capojax:.2f}x' if side == 1 else ''} |")
+    print_table(results, args, ("capojax", "TRL"), [("TRL / capojax", "step")])
     return 0
 
 
