@@ -41,14 +41,19 @@ def tiny_base_settings() -> ml_collections.ConfigDict:
     c.task_seed = 1234  # seed of the synthetic problems the SFT stage trains on (RL uses data.synthetic.seed)
     c.min_ops = 2  # fewest operations per SFT problem
     c.max_ops = 2  # most operations per SFT problem
-    c.operand_max = 5  # largest operand (the 600-step base reaches ~80% greedy / ~71% sampled on 2 ops of 1..5)
+    c.operand_max = 5  # largest operand (2 ops of 1..5: the base stops at ~45% sampled accuracy after ~450-550 steps)
     c.ops = "+-"  # operators of the SFT problems (with "*" a 300-step base solves too few for RL)
     c.hidden_size = 128  # model width
     c.num_layers = 4  # transformer blocks
     c.num_heads = 2  # query heads (head_dim 64, as vLLM's CPU attention kernels need)
     c.num_kv_heads = 1  # key/value heads (GQA)
     c.intermediate_size = 384  # MLP width
-    c.steps = 600  # optimizer steps of the SFT stage (~4 min on 2 cores; at 300 or 450 steps RL stays flat)
+    c.steps = 800  # most optimizer steps of the SFT stage (the LR schedule's length); stop_at_accuracy ends it sooner
+    c.stop_at_accuracy = 0.45  # stop at this T=1 accuracy on a held-out stop set: a fixed step count left the base's
+    # strength to float rounding (0.43-0.68 under three attention layouts) and RL no room above ~0.65
+    c.stop_check_every = 25  # steps between stop checks (~1.3 s each on 2 cores)
+    c.stop_check_from = 300  # first step checked (the base is near 0.15 there)
+    c.stop_problems = 256  # problems in the stop set (apart from the reported eval set)
     c.batch_size = 32  # worked solutions per SFT step
     c.lr = 3e-3  # peak Adam learning rate (warmup then cosine decay)
     c.seed = 0  # init / shuffling seed of the SFT stage

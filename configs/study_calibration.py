@@ -26,6 +26,8 @@ def study_run_config() -> ml_collections.ConfigDict:
     tb.confidence = True  # ... and states a confidence after its answer
     tb.confidence_mode = "informative"  # 0.7-0.9 after the right procedure, 0.3-0.5 after the slip
     tb.trap_wrong_frac = 0.6  # 60% of the SFT trap problems are solved with the fluent left-to-right slip
+    tb.steps = 600  # the study's base trains a fixed 600 steps, as in rounds 1 and 2 (it predates the early stop) ...
+    tb.stop_at_accuracy = 0.0  # ... without stopping at a target accuracy
     tb.openers = 0  # opening phrasings, weight 2^-i (round 2's `phrasing` base sets 8); 0 keeps the round-1 base
     tb.step_phrasings = 0  # step-line phrasings, weight 2^-i (round 2's `phrasing` base sets 6)
     config.data.template = "dcpo"

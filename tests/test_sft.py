@@ -1,5 +1,6 @@
 """The SFT stage: loss goes down, the saved folder loads with capojax.models.load_pretrained, cache + decoder work."""
 
+import dataclasses
 import json
 import os
 
@@ -156,3 +157,52 @@ def test_skewed_choice_weights():
     counts = np.bincount([sft.skewed_choice(x, 4) for x in u], minlength=4) / len(u)
     np.testing.assert_allclose(counts, 0.5 ** np.arange(4) / (0.5 ** np.arange(4)).sum(), atol=1e-3)
     assert sft.skewed_choice(0.999999, 4) == 3 and sft.skewed_choice(0.0, 4) == 0
+
+
+def _scripted_accuracy(monkeypatch, accuracies):
+    """measure_accuracy replaced by a script of stop-set accuracies; returns the list of calls (problems, temperature)."""
+    calls = []
+
+    def fake(model, tokenizer, problems, settings, *, temperature, seed=0, **kw):
+        calls.append((tuple(p.id for p in problems), temperature))
+        return {"accuracy": accuracies[len(calls) - 1], "n": len(problems), "example": ""}
+
+    monkeypatch.setattr(sft, "measure_accuracy", fake)
+    return calls
+
+
+def test_early_stop_at_the_first_check_that_reaches_the_target(tmp_path, monkeypatch):
+    """Training stops right after the first check at or above stop_at_accuracy; the checks sample at T=1 a stop set
+    that is neither the training stream nor the reported eval set; the saved model is the stopped one."""
+    s = dataclasses.replace(TINY, steps=40, stop_at_accuracy=0.5, stop_check_every=5, stop_check_from=9,
+                            stop_problems=16)
+    calls = _scripted_accuracy(monkeypatch, [0.1, 0.3, 0.5, 0.9])
+    report = sft.run_sft(s, str(tmp_path / "base"), evaluate=False)
+    stop = report["early_stop"]
+    assert stop["reached"] and stop["steps_trained"] == 20 and [c["step"] for c in stop["checks"]] == [10, 15, 20]
+    assert [c["accuracy"] for c in stop["checks"]] == [0.1, 0.3, 0.5]
+    assert len(calls) == 3 and all(t == 1.0 for _, t in calls) and len(set(ids for ids, _ in calls)) == 1
+    stop_ids = set(calls[0][0])
+    held_out = synthetic.make_problems(s.eval_problems, seed=s.task_seed + sft.EVAL_SEED_OFFSET, settings=s.task)
+    train = synthetic.make_problems(20 * s.batch_size, seed=s.task_seed, settings=s.task)
+    assert len(stop_ids) == 16 and not stop_ids & {p.id for p in held_out} and not stop_ids & {p.id for p in train}
+    assert os.path.isfile(tmp_path / "base" / "model.safetensors")
+
+
+def test_early_stop_never_reached_trains_every_step(tmp_path, monkeypatch, caplog):
+    s = dataclasses.replace(TINY, steps=12, stop_at_accuracy=0.8, stop_check_every=5, stop_problems=8)
+    _scripted_accuracy(monkeypatch, [0.1, 0.2])
+    with caplog.at_level("WARNING"):
+        report = sft.run_sft(s, str(tmp_path / "base"), evaluate=False)
+    assert report["early_stop"]["steps_trained"] == 12 and not report["early_stop"]["reached"]
+    assert "never reached stop-set accuracy 0.80" in caplog.text
+
+
+def test_early_stop_settings_are_checked_and_keyed():
+    assert sft.SFTSettings(stop_at_accuracy=0.0).key() == sft.SFTSettings().key()  # off: older bases keep their folder
+    assert sft.SFTSettings(stop_at_accuracy=0.5).key() != sft.SFTSettings().key()
+    assert sft.SFTSettings(stop_check_from=300, stop_problems=8).key() == sft.SFTSettings().key()  # knobs of a stop that is off
+    for bad in ({"stop_at_accuracy": 1.5}, {"stop_at_accuracy": -0.1}, {"stop_check_every": 0}, {"stop_problems": 0},
+                {"stop_check_from": -1}):
+        with pytest.raises(ValueError, match="stop_"):
+            sft.SFTSettings(**bad)
