@@ -34,7 +34,7 @@ _PROBE = textwrap.dedent("""
     resident = host_memory.ResidentTemporaries()
     x = jnp.ones((4096, 8), jnp.float32)
     faults, between = [], []
-    for i in range(7):
+    for i in range(13):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         jax.block_until_ready(resident.call(f, x))
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -57,7 +57,8 @@ def test_temporaries_stay_resident_between_calls():
     assert kept["configured"] and not kept["async"]
     assert not default["configured"] and default["async"]
     # 128 MB of fresh pages = 32,768 faults, at every call with glibc's defaults; none for most calls once the block
-    # is held (the first two compile and grow the heap; now and then a later one grows it again, see the class).
+    # is held (the first two compile and grow the heap; now and then a later one grows it again, see the class: 4 of
+    # 40 calls in 8 runs of 5, clustered, so 5 calls per run failed the median 1 run in 8; 11 calls per run now).
     after_warmup, default_after = kept["faults"][2:], default["faults"][2:]
     assert min(default_after) > 16_000, default
     assert sorted(after_warmup)[len(after_warmup) // 2] < 1_000, kept  # the median call
