@@ -107,9 +107,9 @@ class SFTSettings:
     vocab_size: int = 384  # byte-level BPE vocabulary (256 bytes + 3 specials + 125 merges; a multiple of 64)
     eval_problems: int = 128  # held-out problems for the accuracy measurement
     # Early stop at a target strength. Without it the base's accuracy after a fixed number of steps is at the mercy of
-    # float rounding: this task is learnt in a sudden jump whose timing moves with any change to the forward's
-    # rounding (the same 600 steps gave held-out accuracies of 0.43, 0.61 and 0.68 under three attention layouts),
-    # and a base past ~0.65 leaves RL nothing to show. 0 = train all ``steps``.
+    # float rounding: the demo task is learnt over a few hundred steps whose timing moves with the forward's rounding
+    # (~75 steps between two attention layouts; the same 600 steps gave held-out accuracies of 0.43, 0.61 and 0.68
+    # under three layouts), and a base past ~0.65 leaves RL nothing to show. 0 = train all ``steps``.
     stop_at_accuracy: float = 0.0  # stop at the first check whose sampled (T=1) accuracy reaches this
     stop_check_every: int = 25  # steps between checks (each samples the stop set once, ~1.3 s on 2 cores)
     stop_check_from: int = 0  # first step that may be checked (earlier checks would only cost time)
