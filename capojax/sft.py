@@ -381,22 +381,19 @@ def run_sft(settings: SFTSettings, out_dir: str, *, evaluate: bool = True) -> di
                 break
     train_s = time.time() - t_train
     train_cpu_s = time.process_time() - cpu0
-    stop = None
-    if stop_set:
-        reached = bool(checks) and checks[-1]["accuracy"] >= settings.stop_at_accuracy
-        stop = {"target": settings.stop_at_accuracy, "reached": reached, "steps_trained": len(losses),
-                "checks": checks, "check_seconds": check_s}
-        if not reached:
-            log.warning("the tiny base never reached stop-set accuracy %.2f in %d steps (last check %s): it is the "
-                        "fully trained one", settings.stop_at_accuracy, settings.steps, checks[-1] if checks else None)
 
     report: dict[str, Any] = {"settings": dataclasses.asdict(settings), "key": settings.key(),
                               "model_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
                               "seq_len": seq_len, "loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
                               "losses": losses[::10], "train_seconds": train_s,
                               "train_cpu_seconds": train_cpu_s}
-    if stop is not None:
-        report["early_stop"] = stop
+    if stop_set:
+        reached = bool(checks) and checks[-1]["accuracy"] >= settings.stop_at_accuracy
+        report["early_stop"] = {"target": settings.stop_at_accuracy, "reached": reached, "steps_trained": len(losses),
+                                "checks": checks, "check_seconds": check_s}
+        if not reached:
+            log.warning("the tiny base never reached stop-set accuracy %.2f in %d steps (last check %s): it is the "
+                        "fully trained one", settings.stop_at_accuracy, settings.steps, checks[-1] if checks else None)
     if evaluate:
         t_eval = time.time()
         held_out = synthetic.make_problems(settings.eval_problems, seed=settings.task_seed + EVAL_SEED_OFFSET,

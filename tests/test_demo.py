@@ -1,8 +1,8 @@
 """The README's main job as `make demo` runs it: tiny CAPO, 40 steps, and its accuracy must rise.
 
 Slow (about 3 min to build the SFT base, which stops at a target accuracy, then about 3.5 min of RL on 2 cores),
-so it runs in `make test-slow`. The one difference from `make demo`: the base is built into a temporary cache dir, so the
-test needs no writable home and always measures a base built by the current code.
+so it runs in `make test-slow`. The one difference from `make demo`: the base is built into a temporary cache dir,
+so the test needs no writable home and always measures a base built by the current code.
 """
 
 import numpy as np

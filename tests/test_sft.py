@@ -160,7 +160,7 @@ def test_skewed_choice_weights():
 
 
 def _scripted_accuracy(monkeypatch, accuracies):
-    """measure_accuracy replaced by a script of stop-set accuracies; returns the list of calls (problems, temperature)."""
+    """measure_accuracy replaced by a script of stop-set accuracies; returns its calls as (problem ids, temperature)."""
     calls = []
 
     def fake(model, tokenizer, problems, settings, *, temperature, seed=0, **kw):
@@ -201,7 +201,8 @@ def test_early_stop_never_reached_trains_every_step(tmp_path, monkeypatch, caplo
 def test_early_stop_settings_are_checked_and_keyed():
     assert sft.SFTSettings(stop_at_accuracy=0.0).key() == sft.SFTSettings().key()  # off: older bases keep their folder
     assert sft.SFTSettings(stop_at_accuracy=0.5).key() != sft.SFTSettings().key()
-    assert sft.SFTSettings(stop_check_from=300, stop_problems=8).key() == sft.SFTSettings().key()  # knobs of a stop that is off
+    # the knobs of a stop that is off change nothing, so they stay out of the key
+    assert sft.SFTSettings(stop_check_from=300, stop_problems=8).key() == sft.SFTSettings().key()
     for bad in ({"stop_at_accuracy": 1.5}, {"stop_at_accuracy": -0.1}, {"stop_check_every": 0}, {"stop_problems": 0},
                 {"stop_check_from": -1}):
         with pytest.raises(ValueError, match="stop_"):
