@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from capojax.errors import UserError
+from capojax.errors import ConfigError, UserError
 
 __all__ = ["ModelNotFoundError", "resolve_model_path"]
 
@@ -30,7 +30,10 @@ def resolve_model_path(model_cfg) -> str:
     if path == "tiny":
         from capojax import sft  # the SFT stage (and its JAX training step) only when the tiny base is asked for
 
-        settings = sft.SFTSettings.from_config(model_cfg.tiny_base)
+        try:
+            settings = sft.SFTSettings.from_config(model_cfg.tiny_base)
+        except ValueError as e:  # SFTSettings' own checks, made the CLI's one-line config error
+            raise ConfigError(f"config.model.tiny_base: {e}") from e
         return sft.ensure_tiny_base(os.path.expanduser(str(model_cfg.cache_dir)), settings)
     name = str(getattr(model_cfg, "hf_name", "") or "")
     how = (

@@ -32,6 +32,16 @@ def test_tiny_builds_the_sft_base_from_the_configs_settings_in_the_cache(tmp_pat
     assert calls[0][1].steps == 7
 
 
+@pytest.mark.parametrize("field, value, says", [("stop_at_accuracy", 1.5, "stop_at_accuracy must be in [0, 1]"),
+                                                 ("openers", 99, "openers must be in 0..")])
+def test_bad_tiny_base_settings_are_a_config_error_naming_the_section(field, value, says):
+    cfg = _model_cfg(path="tiny")
+    cfg.tiny_base[field] = value
+    with pytest.raises(errors.ConfigError, match=r"^config\.model\.tiny_base: ") as e:
+        resolve_model_path(cfg)
+    assert says in str(e.value)
+
+
 def test_unset_path_names_the_hub_model_and_the_key_to_set():
     with pytest.raises(ModelNotFoundError, match="config.model.path is not set") as e:
         resolve_model_path(_model_cfg(path="", hf_name="Qwen/Qwen2.5-Math-7B"))
